@@ -1,0 +1,79 @@
+"""What every forked child of the postmaster shares: its context and its life cycle.
+
+A child is a function ``main(ctx: ChildContext) -> int`` run right after
+``fork``.  ``child_start`` prepares the process (title, parent-death signal,
+default signal dispositions, its own event writer); ``child_exit`` flushes its
+log queue and leaves with ``os._exit`` so nothing inherited from the
+postmaster (atexit hooks, the logging receiver thread) runs twice.
+
+Children notice a dead postmaster two ways, as PostgreSQL's do: the read end
+of a pipe whose write end only the postmaster holds becomes readable (EOF)
+when it dies, and ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux.
+
+Exit codes follow PostgreSQL: 0 orderly, 1 FATAL (for a walreceiver: normal,
+e.g. connection refused), 2 quickdie (SIGQUIT); anything else, or death by a
+signal, is a crash and starts the postmaster's crash-restart cycle.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import setproctitle
+
+from shmem.segment import SharedState
+from walswitch import elog
+from walswitch.config import Config
+from walswitch.events import EventLog
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ChildContext:
+    datadir: str
+    config: Config
+    shared: SharedState
+    role: str
+    death_fd: int                      # read end of the postmaster-alive pipe
+    events: EventLog
+    extra: dict[str, Any] = field(default_factory=dict)   # role-specific (sockets, slot number)
+
+    def postmaster_alive(self) -> bool:
+        try:
+            r, _, _ = select.select([self.death_fd], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not r
+
+
+def set_title(text: str) -> None:
+    setproctitle.setproctitle(f"walswitch: {text}")
+
+
+def child_start(ctx: ChildContext, title: str) -> None:
+    """First thing a child does after fork."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+    # The parent may have died between fork and prctl.
+    if not ctx.postmaster_alive():
+        os._exit(1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    # SIGQUIT: immediate exit without cleanup, as PostgreSQL's quickdie.
+    signal.signal(signal.SIGQUIT, lambda *_: os._exit(2))
+    ctx.events = ctx.events.for_child(ctx.role)
+    set_title(title)
+
+
+def child_exit(code: int) -> None:
+    """Orderly exit of a child: flush the log queue, then leave without atexit hooks."""
+    elog.flush_child()
+    os._exit(code)
