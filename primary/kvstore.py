@@ -1,0 +1,224 @@
+"""The key/value store: table ``kv(key, value)`` in SQLite, ``DIR/base/kv.sqlite``.
+
+What it owns: the applied state of the table and the LSN that state reflects.
+``meta`` is one row holding ``applied_lsn`` (end LSN of the last applied
+commit record) and ``applied_tli``.  Every apply writes the changes and the
+new ``applied_lsn`` in one SQLite transaction, so after any crash the table is
+exactly the effect of all commits up to ``applied_lsn``: replay skips a commit
+whose end LSN is <= ``applied_lsn`` (``apply`` does that check itself) and
+applies the rest, never twice, never skipping one.
+
+Who writes: exactly one process at a time: the backend on a primary (at group
+commit), the startup process during recovery.  Readers in other processes (the
+hot-standby backend) see consistent snapshots through SQLite's WAL mode: each
+read statement sees whole transactions only.  Readers run in autocommit mode,
+so they never pin an old snapshot.
+
+Durability: ``synchronous=NORMAL`` in WAL mode: a commit survives a process
+crash (it is in SQLite's -wal file) but may be lost on power loss; that is
+fine because our WAL is fsynced before anything is applied, and a checkpoint
+calls ``sync()`` before it moves the redo pointer past the changes.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+
+KV_RELPATH = os.path.join("base", "kv.sqlite")
+
+Change = tuple[str, str, "str | None"]      # (op 'put'|'delete', key, value)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " applied_lsn INTEGER NOT NULL, applied_tli INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta (id, applied_lsn, applied_tli) VALUES (1, 0, 0)",
+)
+_UPSERT = ("INSERT INTO kv (key, value) VALUES (?, ?) "
+           "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+_DELETE = "DELETE FROM kv WHERE key = ?"
+
+
+def kv_path(datadir: str) -> str:
+    return os.path.join(datadir, KV_RELPATH)
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KVStore:
+    """One connection to the store.  ``path`` is the SQLite file or a data directory."""
+
+    def __init__(self, path: str, readonly: bool = False, timeout: float = 30.0):
+        if os.path.isdir(path) and not path.endswith(".sqlite"):
+            path = kv_path(path)
+        self.path = path
+        self.readonly = readonly
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # isolation_level=None: autocommit; transactions are explicit BEGIN/COMMIT.
+        self.conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        if not readonly:
+            self._create_schema()
+        self._applied: tuple[int, int] | None = None
+
+    def _create_schema(self) -> None:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA:
+                c.execute(stmt)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+    def __enter__(self) -> "KVStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- reads -------------------------------------------------------------
+
+    def applied(self) -> tuple[int, int]:
+        """(applied_lsn, applied_tli), read from the database."""
+        try:
+            row = self.conn.execute("SELECT applied_lsn, applied_tli FROM meta WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:
+            return (0, 0)   # read-only opener before the schema exists
+        return (row[0], row[1]) if row else (0, 0)
+
+    def applied_lsn(self) -> int:
+        return self.applied()[0]
+
+    def applied_tli(self) -> int:
+        return self.applied()[1]
+
+    def get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def exists(self, key: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
+
+    def items(self) -> list[tuple[str, str | None]]:
+        """All rows sorted by key (one statement, hence one consistent snapshot)."""
+        return self.conn.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
+
+    def keys(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT key FROM kv ORDER BY key")]
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM kv").fetchone()[0]
+
+    def snapshot(self) -> tuple[list[tuple[str, str | None]], int, int]:
+        """(rows, applied_lsn, applied_tli) from one read transaction."""
+        c = self.conn
+        c.execute("BEGIN")
+        try:
+            rows = c.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
+            lsn, tli = self.applied()
+        finally:
+            c.execute("COMMIT")
+        return rows, lsn, tli
+
+    # ---- writes ------------------------------------------------------------
+
+    def _apply_changes(self, changes: Iterable[Change]) -> None:
+        c = self.conn
+        puts: list[tuple[str, str | None]] = []
+        for op, key, value in changes:
+            if op == "put":
+                puts.append((key, value))
+                continue
+            if puts:
+                c.executemany(_UPSERT, puts)
+                puts = []
+            if op == "delete":
+                c.execute(_DELETE, (key,))
+            else:
+                raise ValueError(f"unknown kv change {op!r}")
+        if puts:
+            c.executemany(_UPSERT, puts)
+
+    def apply(self, changes: list[Change], commit_end_lsn: int, tli: int) -> bool:
+        """Apply one committed transaction; False (nothing done) if already applied."""
+        return self.apply_many([(changes, commit_end_lsn)], tli) > 0
+
+    def apply_many(self, batch: list[tuple[list[Change], int]], tli: int | None = None) -> int:
+        """Apply committed transactions in order, in one SQLite transaction.
+
+        ``batch`` is a list of (changes, commit_end_lsn), in commit order.
+        Entries whose end LSN is <= the stored applied_lsn are skipped.
+        Returns how many were applied.  ``tli`` defaults to the stored one.
+        """
+        if not batch:
+            return 0
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            applied_lsn, applied_tli = self.applied()
+            done = 0
+            last = applied_lsn
+            for changes, end_lsn in batch:
+                if end_lsn <= last:
+                    continue
+                self._apply_changes(changes)
+                last = end_lsn
+                done += 1
+            if done:
+                c.execute("UPDATE meta SET applied_lsn = ?, applied_tli = ? WHERE id = 1",
+                          (last, applied_tli if tli is None else tli))
+            c.execute("COMMIT")
+        except BaseException:
+            try:
+                c.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return done
+
+    def set_applied(self, lsn: int, tli: int) -> None:
+        """Move applied_lsn without changes (e.g. a base backup's starting point)."""
+        self.conn.execute("UPDATE meta SET applied_lsn = ?, applied_tli = ? WHERE id = 1", (lsn, tli))
+
+    def sync(self) -> None:
+        """Make everything applied so far durable (checkpoints call this)."""
+        self.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        # A FULL checkpoint syncs the database file when it completes; fsync the
+        # -wal file as well, so frames a busy reader kept from being copied
+        # are durable too.
+        _fsync_path(self.path)
+        _fsync_path(self.path + "-wal")
+        _fsync_path(os.path.dirname(os.path.abspath(self.path)), directory=True)
+
+
+def dump(datadir: str) -> tuple[list[tuple[str, str | None]], int]:
+    """``walswitch dump``: (sorted rows, applied_lsn) from one consistent snapshot."""
+    path = kv_path(datadir)
+    if not os.path.exists(path):
+        return [], 0
+    store = KVStore(path, readonly=True)
+    try:
+        rows, lsn, _tli = store.snapshot()
+    finally:
+        store.close()
+    return rows, lsn

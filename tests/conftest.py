@@ -1,0 +1,60 @@
+"""Shared fixtures: nodes in a temporary directory, and the leak check.
+
+Every test that starts servers gets them stopped at teardown and fails if any
+process, shared-memory segment or semaphore of its servers was left behind;
+the session ends by checking that no walswitch object remains at all.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.cluster import Node, shm_objects, walswitch_processes  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_at_end():
+    before_shm = set(shm_objects())
+    before_procs = {p.pid for p in walswitch_processes()}
+    yield
+    left_shm = set(shm_objects()) - before_shm
+    left_procs = [p for p in walswitch_processes() if p.pid not in before_procs]
+    for p in left_procs:
+        p.kill()
+    assert not left_procs, f"walswitch processes left after the suite: {[p.cmdline() for p in left_procs]}"
+    assert not left_shm, f"shared memory/semaphores left after the suite: {sorted(left_shm)}"
+
+
+class NodeFactory:
+    def __init__(self, base: Path):
+        self.base = base
+        self.nodes: list[Node] = []
+
+    def __call__(self, name: str = "node", **kw) -> Node:
+        n = Node(self.base, name, **kw)
+        self.nodes.append(n)
+        return n
+
+    def primary(self, name: str = "primary", segsize_mb: int = 1, start: bool = True, **conf) -> Node:
+        n = self(name)
+        n.init(segsize_mb, **conf)
+        if start:
+            n.start()
+        return n
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """Factory of nodes; all are stopped and leak-checked at teardown."""
+    f = NodeFactory(tmp_path)
+    yield f
+    problems = []
+    for n in reversed(f.nodes):
+        problems += n.cleanup()
+    assert not problems, "; ".join(problems)

@@ -1,0 +1,304 @@
+"""``walswitch``: the command line (init, start, stop, status, promote, waldump, dump, basebackup).
+
+Every error a user can cause is one line on stderr, ``walswitch <cmd>: error: ...``,
+and a non-zero exit; never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+PROG = "walswitch"
+
+
+class CliError(Exception):
+    pass
+
+
+def fail(cmd: str, msg: str, code: int = 1) -> int:
+    print(f"{PROG} {cmd}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def check_datadir(datadir: str | None, cmd: str) -> str:
+    if not datadir:
+        datadir = os.environ.get("WALSWITCH_DATA") or os.environ.get("PGDATA")
+    if not datadir:
+        raise CliError("no data directory specified (use -D or set PGDATA)")
+    if not os.path.isdir(datadir):
+        raise CliError(f'data directory "{datadir}" does not exist')
+    return os.path.abspath(datadir)
+
+
+# ---------------------------------------------------------------- init
+def cmd_init(args: argparse.Namespace) -> int:
+    from walswitch.initdb import InitError, initdb
+    try:
+        initdb(args.datadir, wal_segsize_mb=args.wal_segsize, port=args.port)
+    except InitError as e:
+        raise CliError(str(e)) from None
+    print(f'Success. You can now start the database server using:\n\n    {PROG} start -D {args.datadir}\n')
+    return 0
+
+
+# ---------------------------------------------------------------- start
+def cmd_start(args: argparse.Namespace) -> int:
+    from walswitch import config as cfgmod
+    datadir = check_datadir(args.datadir, "start")
+    overrides = [cfgmod.parse_override(c) for c in args.c or []]
+    if args.port:
+        overrides.append(("port", str(args.port)))
+    try:
+        cfg = cfgmod.load(datadir, overrides)
+    except cfgmod.ConfigError as e:
+        raise CliError(str(e)) from None
+    from xlog.control import ControlFileError, read_control
+    try:
+        read_control(datadir)
+    except ControlFileError as e:
+        raise CliError(str(e)) from None
+    from postmaster import pidfile
+    info = pidfile.read(datadir)
+    if pidfile.is_running(info):
+        raise CliError(f'lock file "postmaster.pid" already exists: is another postmaster '
+                       f'(PID {info.pid}) running in data directory "{datadir}"?')
+    if args.detach:
+        return start_detached(datadir, args)
+    return run_postmaster(datadir, cfg, detached=bool(os.environ.get("WALSWITCH_DETACHED")))
+
+
+def run_postmaster(datadir: str, cfg, detached: bool) -> int:
+    from postmaster.pidfile import LockFileError
+    from postmaster.postmaster import Postmaster, StartupFailure
+    from walswitch import elog
+    elog.setup(datadir, cfg["log_min_messages"], to_stderr=not detached)
+    pm = Postmaster(datadir, cfg, detached=detached)
+    try:
+        return pm.run()
+    except (StartupFailure, LockFileError) as e:
+        elog.logger().critical("%s", e)
+        elog.shutdown()
+        print(f"{PROG} start: error: {e}", file=sys.stderr)
+        if pm.shared is not None:
+            pm.shared.destroy()
+        return 1
+    finally:
+        elog.shutdown()
+
+
+def start_detached(datadir: str, args: argparse.Namespace) -> int:
+    """Start the postmaster in the background; return once it accepts connections."""
+    from postmaster import pidfile
+    os.makedirs(os.path.join(datadir, "log"), exist_ok=True)
+    out_path = os.path.join(datadir, "log", "postmaster.out")
+    argv = [sys.executable, "-m", "walswitch.cli", "start", "-D", datadir]
+    for c in args.c or []:
+        argv += ["-c", c]
+    if args.port:
+        argv += ["-p", str(args.port)]
+    env = dict(os.environ, WALSWITCH_DETACHED="1")
+    with open(out_path, "ab") as out:
+        start_offset = out.tell()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, env=env, close_fds=True)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            reason = last_error_line(out_path, start_offset) or f"postmaster exited with exit code {code}"
+            raise CliError(f"could not start server: {reason}")
+        info = pidfile.read(datadir)
+        if info is not None and info.pid == proc.pid and info.status == "ready":
+            print("server started")
+            return 0
+        if info is not None and info.pid == proc.pid and info.status == "standby" and args.no_wait_ready:
+            print("server started")
+            return 0
+        time.sleep(0.05)
+    raise CliError(f"server did not start in time ({args.timeout} s); see {out_path}")
+
+
+def last_error_line(path: str, offset: int) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        for marker in ("FATAL:  ", "error: ", "PANIC:  "):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+    return lines[-1].strip() if lines else None
+
+
+# ---------------------------------------------------------------- stop
+def cmd_stop(args: argparse.Namespace) -> int:
+    from postmaster import pidfile
+    datadir = check_datadir(args.datadir, "stop")
+    info = pidfile.read(datadir)
+    if info is None or not pidfile.is_running(info):
+        raise CliError(f'PID file "{pidfile.path(datadir)}" does not exist; is server running?')
+    sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[args.mode]
+    os.kill(info.pid, sig)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not pidfile.is_running(pidfile.read(datadir)) or not _pid_alive(info.pid):
+            print("server stopped")
+            return 0
+        time.sleep(0.05)
+    raise CliError(f"server does not shut down (PID {info.pid})")
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ---------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    from walswitch.status import collect
+    datadir = check_datadir(args.datadir, "status")
+    st = collect(datadir)
+    if args.json:
+        print(json.dumps(st, indent=None if args.compact else 2, sort_keys=True))
+    else:
+        if st["postmaster_pid"] is None:
+            print("no server running")
+        else:
+            for k in sorted(st):
+                print(f"{k}: {st[k]}")
+    return 0 if st["postmaster_pid"] is not None else 3
+
+
+# ---------------------------------------------------------------- promote
+def cmd_promote(args: argparse.Namespace) -> int:
+    from postmaster import pidfile
+    datadir = check_datadir(args.datadir, "promote")
+    info = pidfile.read(datadir)
+    if not pidfile.is_running(info):
+        raise CliError(f'PID file "{pidfile.path(datadir)}" does not exist; is server running?')
+    if not os.path.exists(os.path.join(datadir, "standby.signal")):
+        raise CliError("cannot promote server; server is not in standby mode")
+    path = os.path.join(datadir, "promote")
+    with open(path, "w") as f:
+        f.write("")
+    os.kill(info.pid, signal.SIGUSR1)
+    if args.no_wait:
+        print("server promoting")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(os.path.join(datadir, "standby.signal")):
+            print("server promoted")
+            return 0
+        time.sleep(0.05)
+    raise CliError("server did not promote in time")
+
+
+# ---------------------------------------------------------------- waldump / dump
+def cmd_waldump(args: argparse.Namespace) -> int:
+    from xlog import waldump
+    return waldump.main(args.paths)
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from primary.kvstore import dump
+    from xlog.lsn import format_lsn
+    datadir = check_datadir(args.datadir, "dump")
+    rows, lsn = dump(datadir)
+    for k, v in rows:
+        print(f"{k}\t{v}")
+    print(f"-- applied up to {format_lsn(lsn)}", file=sys.stderr if args.quiet_lsn else sys.stdout)
+    return 0
+
+
+def cmd_basebackup(args: argparse.Namespace) -> int:
+    try:
+        from walswitch.basebackup import BaseBackupError, basebackup
+    except ImportError:
+        raise CliError("basebackup is not available in this build") from None
+    try:
+        basebackup(args.dbname, args.datadir, write_recovery_conf=args.write_recovery_conf)
+    except BaseBackupError as e:
+        raise CliError(str(e)) from None
+    return 0
+
+
+# ---------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="A PostgreSQL-style standby server in Python.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("init", help="create a new primary data directory")
+    s.add_argument("-D", "--pgdata", dest="datadir", required=True)
+    s.add_argument("--wal-segsize", type=int, default=16, help="WAL segment size in MB (power of two, 1..1024)")
+    s.add_argument("-p", "--port", type=int, default=None, help="port written to walswitch.conf")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("start", help="run the server (foreground unless --detach)")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.add_argument("-c", action="append", metavar="NAME=VALUE")
+    s.add_argument("-p", "--port", type=int)
+    s.add_argument("--detach", action="store_true")
+    s.add_argument("--no-wait-ready", action="store_true",
+                   help="with --detach, return once a standby is recovering, before it is consistent")
+    s.add_argument("-t", "--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_start)
+
+    s = sub.add_parser("stop", help="stop a running server")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.add_argument("-m", "--mode", choices=("smart", "fast", "immediate"), default="fast")
+    s.add_argument("-t", "--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_stop)
+
+    s = sub.add_parser("status", help="show the server's state")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--compact", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("promote", help="promote a standby")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.add_argument("-W", "--no-wait", action="store_true")
+    s.add_argument("-t", "--timeout", type=float, default=60.0)
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("waldump", help="print WAL records as pg_waldump does")
+    s.add_argument("paths", nargs="+")
+    s.set_defaults(func=cmd_waldump)
+
+    s = sub.add_parser("dump", help="print the key/value content and the LSN it reflects")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.add_argument("--quiet-lsn", action="store_true", help="print the LSN line on stderr")
+    s.set_defaults(func=cmd_dump)
+
+    s = sub.add_parser("basebackup", help="take a base backup from a running primary")
+    s.add_argument("-d", "--dbname", required=True, help="connection string")
+    s.add_argument("-D", "--pgdata", dest="datadir", required=True)
+    s.add_argument("-R", "--write-recovery-conf", action="store_true")
+    s.set_defaults(func=cmd_basebackup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        return fail(args.cmd, str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

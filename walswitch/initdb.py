@@ -1,0 +1,87 @@
+"""``walswitch init``: a new primary data directory, as initdb makes one.
+
+Layout: ``walswitch.conf``, ``global/walswitch_control`` (our pg_control),
+``pg_wal/`` with ``archive_status/``, ``base/kv.sqlite`` (the key/value
+store), ``log/``.  WAL starts, as in PostgreSQL, in segment 1 of timeline 1
+with a shutdown checkpoint whose redo points at itself.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from xlog import constants as C
+from xlog.control import ControlFile, DBState, new_system_identifier, write_control
+from xlog.lsn import segment_start, valid_segsize
+from xlog.record import CheckPoint
+from xlog.writer import WalWriter
+
+FIRST_NORMAL_XID = 3
+FIRST_OID = 16384
+
+CONF_TEMPLATE = """\
+# walswitch configuration (postgresql.conf syntax)
+listen_addresses = 'localhost'
+port = {port}
+max_wal_senders = 10
+wal_keep_size = 0
+archive_mode = off
+archive_command = ''
+archive_timeout = 0
+checkpoint_timeout = 5min
+# standby settings (used when standby.signal exists)
+#primary_conninfo = ''
+#restore_command = ''
+#standby_wal_coordination = stop_walreceiver
+"""
+
+
+class InitError(RuntimeError):
+    pass
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> int:
+    """Create the data directory; returns the system identifier."""
+    segsize = wal_segsize_mb * 1024 * 1024
+    if not valid_segsize(segsize):
+        raise InitError(f"argument of --wal-segsize must be a power of 2 between 1 and 1024: {wal_segsize_mb}")
+    if os.path.exists(datadir) and os.listdir(datadir):
+        raise InitError(f'directory "{datadir}" exists but is not empty')
+    try:
+        os.makedirs(datadir, mode=0o700, exist_ok=True)
+        for sub in ("global", "pg_wal", "pg_wal/archive_status", "base", "log"):
+            os.makedirs(os.path.join(datadir, sub), mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise InitError(f'could not create directory "{datadir}": {e.strerror}') from None
+    with open(os.path.join(datadir, "walswitch.conf"), "w", encoding="utf-8") as f:
+        f.write(CONF_TEMPLATE.format(port=port or 5432))
+    sysid = new_system_identifier()
+    start = segment_start(1, segsize)
+    writer = WalWriter(os.path.join(datadir, "pg_wal"), 1, segsize, sysid, start, 0)
+    ckpt_lsn = writer.insert_lsn
+    now = int(time.time())
+    ckpt = CheckPoint(redo=ckpt_lsn, ThisTimeLineID=1, PrevTimeLineID=1, fullPageWrites=True,
+                      nextXid=FIRST_NORMAL_XID, nextOid=FIRST_OID, nextMulti=1, nextMultiOffset=0,
+                      oldestXid=FIRST_NORMAL_XID, oldestXidDB=1, oldestMulti=1, oldestMultiDB=1,
+                      time=now, oldestCommitTsXid=0, newestCommitTsXid=0, oldestActiveXid=0)
+    writer.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, ckpt.pack())
+    writer.flush()
+    writer.close()
+    from primary.kvstore import KVStore
+    store = KVStore(os.path.join(datadir, "base", "kv.sqlite"))
+    store.close()
+    cf = ControlFile(system_identifier=sysid, state=DBState.SHUTDOWNED, checkpoint_lsn=ckpt_lsn,
+                     redo_lsn=ckpt_lsn, timeline=1, prev_timeline=1, min_recovery_point=0,
+                     min_recovery_point_tli=0, backup_end_required=False, wal_segsize=segsize,
+                     next_xid=FIRST_NORMAL_XID, time=now)
+    write_control(datadir, cf)
+    fsync_dir(datadir)
+    return sysid

@@ -1,0 +1,348 @@
+"""WalWriter: the single WAL inserter's writer, laying records into PostgreSQL 15 pages.
+
+Owns the bytes of WAL from its start position on: page headers (long on a
+segment's first page, XLP_FIRST_IS_CONTRECORD and xlp_rem_len on pages a
+record continues onto), the xl_prev chain, the in-memory buffer of not yet
+written pages, segment file creation (zero-filled temp file, fsync, rename,
+fsync directory, as XLogFileInit), write / fdatasync, XLOG_SWITCH, and
+telling the caller when a segment is complete and durable.
+
+Positions: `insert_lsn` and `flush_lsn` are end pointers, as PostgreSQL's
+EndRecPtr: MAXALIGNed, and a value on a page boundary means the next record
+starts after that page's header (see `next_record_lsn`). They equal the
+reader's DecodedRecord.next_lsn / WalReader.end_of_valid_wal.
+
+Not thread-safe: one process, one thread inserts (walswitch has one WAL
+inserter). The buffer lives in this object only; nothing is shared.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from . import constants as C
+from .errors import WalError
+from .lsn import (XLOG_BLCKSZ, format_lsn, page_header_size_at, segment_name, segno_of,
+                  skip_page_header, valid_segsize)
+from .page import pack_page_header, validate_page_header
+from .record import build_record
+
+SegmentCallback = Callable[[int, str], None]
+
+_ZEROS = bytes(1 << 20)  # immutable: a source of zeros for file init and switch padding
+_AUTO_WRITE_BYTES = 8 << 20  # write out when this much is buffered, as PG when wal_buffers fill
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    mv = memoryview(data)
+    while mv:
+        n = os.pwrite(fd, mv, offset)
+        if n <= 0:
+            raise OSError(f"could not write to WAL file at offset {offset}: wrote {n}")
+        mv = mv[n:]
+        offset += n
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    while length > 0:
+        n = min(length, len(_ZEROS))
+        _pwrite_all(fd, memoryview(_ZEROS)[:n], offset)
+        offset += n
+        length -= n
+
+
+def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None]) -> str:
+    """Create pg_wal/final_name durably: temp file, fill, fsync, rename, fsync dir."""
+    path = os.path.join(pg_wal, final_name)
+    tmp = os.path.join(pg_wal, f"xlogtemp.{os.getpid()}")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fill(fd)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(pg_wal)
+    return path
+
+
+def init_segment_file(pg_wal: str, tli: int, segno: int, segsize: int) -> str:
+    """XLogFileInit: a zero-filled segment file, created durably if it does not exist."""
+    name = segment_name(tli, segno, segsize)
+    path = os.path.join(pg_wal, name)
+    if os.path.exists(path):
+        return path
+    return _install_file(pg_wal, name, lambda fd: _write_zeros(fd, 0, segsize))
+
+
+def copy_segment_prefix(pg_wal: str, src_tli: int, dst_tli: int, segno: int, upto_lsn: int,
+                        segsize: int) -> str:
+    """XLogFileCopy for a timeline switch: the new timeline's segment starts as a copy.
+
+    Copies the bytes of segment `segno` of src_tli before upto_lsn (the
+    switch point) into a new file of dst_tli, zero-filling the rest, so a
+    WalWriter on the new timeline can resume at upto_lsn mid-page.
+    """
+    src = os.path.join(pg_wal, segment_name(src_tli, segno, segsize))
+    n = upto_lsn - segno * segsize
+    if not 0 <= n <= segsize:
+        raise ValueError(f"{format_lsn(upto_lsn)} is not in segment {segment_name(src_tli, segno, segsize)}")
+    with open(src, "rb") as f:
+        head = f.read(n)
+    if len(head) != n:
+        raise WalError(f'could not read file "{src}": read {len(head)} of {n}')
+
+    def fill(fd: int) -> None:
+        _pwrite_all(fd, head, 0)
+        _write_zeros(fd, n, segsize - n)
+
+    return _install_file(pg_wal, segment_name(dst_tli, segno, segsize), fill)
+
+
+class WalWriter:
+    """Appends records to WAL in pg_wal/, PostgreSQL 15 format, starting at start_lsn."""
+
+    def __init__(self, pg_wal: str, tli: int, segsize: int, sysid: int, start_lsn: int, prev_lsn: int,
+                 on_segment_complete: SegmentCallback | None = None) -> None:
+        if not valid_segsize(segsize):
+            raise ValueError(f"invalid WAL segment size {segsize}")
+        if start_lsn % 8:
+            raise ValueError(f"WAL start position {format_lsn(start_lsn)} is not MAXALIGNed")
+        if prev_lsn >= skip_page_header(start_lsn, segsize) and start_lsn != 0:
+            raise ValueError(f"prev-link {format_lsn(prev_lsn)} is not before {format_lsn(start_lsn)}")
+        self.pg_wal = pg_wal
+        self.tli = tli
+        self.segsize = segsize
+        self.sysid = sysid
+        self._on_complete = on_segment_complete
+        self._pos = start_lsn
+        self._prev = prev_lsn
+        self._buf_start = start_lsn - start_lsn % XLOG_BLCKSZ
+        self._buf = bytearray()
+        self._written = start_lsn
+        self._flushed = start_lsn
+        self._fds: dict[int, int] = {}
+        self._dirty: set[int] = set()
+        self._next_report = segno_of(start_lsn, segsize)
+        self._closed = False
+        if start_lsn % XLOG_BLCKSZ:
+            self._buf += self._read_back_partial_page(start_lsn)
+
+    # -- positions -----------------------------------------------------------
+    @property
+    def insert_lsn(self) -> int:
+        """End of inserted WAL (MAXALIGNed end pointer): the next record begins here."""
+        return self._pos
+
+    @property
+    def next_record_lsn(self) -> int:
+        """Where the next record's header will actually start (after a page header)."""
+        return skip_page_header(self._pos, self.segsize)
+
+    @property
+    def prev_lsn(self) -> int:
+        """Start of the last record inserted: the next record's xl_prev."""
+        return self._prev
+
+    @property
+    def write_lsn(self) -> int:
+        return self._written
+
+    @property
+    def flush_lsn(self) -> int:
+        return self._flushed
+
+    # -- inserting -----------------------------------------------------------
+    def insert(self, rmid: int, info: int, xid: int, main_data: bytes = b"") -> tuple[int, int]:
+        """Append one record; returns (start_lsn, end_lsn), end MAXALIGNed like XLogInsert's.
+
+        Nothing is written to the file until write()/flush() (or the buffer
+        grows past a few MB).
+        """
+        if self._closed:
+            raise ValueError("WalWriter is closed")
+        rec = build_record(rmid, info, xid, self._prev, main_data)
+        start = skip_page_header(self._pos, self.segsize)
+        self._append(rec)
+        self._prev = start
+        if len(self._buf) >= _AUTO_WRITE_BYTES:
+            self.write()
+        return start, self._pos
+
+    def _append(self, rec: bytes) -> None:
+        buf = self._buf
+        pos = self._pos
+        n = len(rec)
+        mv = memoryview(rec)
+        off = 0
+        while True:
+            po = pos % XLOG_BLCKSZ
+            if po == 0:
+                # New page: its header says how much of a continued record is left.
+                hdr = pack_page_header(pos, self.tli, self.segsize, self.sysid, n - off if off else 0)
+                buf += hdr
+                pos += len(hdr)
+                po = len(hdr)
+            room = XLOG_BLCKSZ - po
+            left = n - off
+            if left <= room:
+                buf += mv[off:] if off else rec
+                pos += left
+                break
+            buf += mv[off:off + room]
+            off += room
+            pos += room
+        pad = -pos % 8  # records are MAXALIGNed; padding never crosses a page
+        if pad:
+            buf += _ZEROS[:pad]
+            pos += pad
+        self._pos = pos
+
+    def switch(self) -> int:
+        """XLOG_SWITCH: end the segment, flush; returns the next segment's start.
+
+        The rest of the segment after the switch record is zeros, page headers
+        included (PostgreSQL 15 zeroes them so archived segments compress).
+        At a segment start with nothing inserted in it, a no-op (as
+        ReserveXLogSwitch), but the WAL so far is still flushed.
+        """
+        if self._pos % self.segsize == 0:
+            self.flush()
+            return self._pos
+        self.insert(C.RM_XLOG_ID, C.XLOG_SWITCH, C.INVALID_XID, b"")
+        seg_end = -(-self._pos // self.segsize) * self.segsize
+        self.write()
+        if self._pos < seg_end:
+            # write() zero-padded the page holding the record's end; zero the
+            # remaining pages of the segment.
+            page_end = -(-self._pos // XLOG_BLCKSZ) * XLOG_BLCKSZ
+            if page_end < seg_end:
+                segno = segno_of(page_end, self.segsize)
+                _write_zeros(self._fd(segno), page_end % self.segsize, seg_end - page_end)
+                self._dirty.add(segno)
+            self._pos = self._written = seg_end
+            self._buf = bytearray()
+            self._buf_start = seg_end
+        self.flush()
+        return seg_end
+
+    # -- writing -------------------------------------------------------------
+    def write(self) -> None:
+        """Write buffered WAL to the segment files (whole pages; no fsync)."""
+        end = self._pos
+        if end == self._written and not self._buf:
+            return
+        start = self._buf_start
+        mv = memoryview(self._buf)
+        cur = start
+        while cur < end:
+            segno = cur // self.segsize
+            chunk_end = min(end, (segno + 1) * self.segsize)
+            fd = self._fd(segno)
+            data = mv[cur - start:chunk_end - start]
+            foff = cur % self.segsize
+            tail = -chunk_end % XLOG_BLCKSZ
+            if tail:
+                # Rewrite the partial last page whole: our bytes, then zeros.
+                _pwrite_all(fd, bytes(data) + _ZEROS[:tail], foff)
+            else:
+                _pwrite_all(fd, data, foff)
+            self._dirty.add(segno)
+            cur = chunk_end
+        mv.release()
+        keep = end - end % XLOG_BLCKSZ
+        if keep < end and keep >= start:
+            self._buf = bytearray(self._buf[keep - start:])
+            self._buf_start = keep
+        else:
+            self._buf = bytearray()
+            self._buf_start = end
+        self._written = end
+
+    def flush(self) -> int:
+        """write() then fdatasync every touched segment; returns flush_lsn.
+
+        Then reports each segment that is now complete and durable, oldest
+        first, to on_segment_complete(segno, path).
+        """
+        self.write()
+        for segno in sorted(self._dirty):
+            os.fdatasync(self._fds[segno])
+        self._dirty.clear()
+        self._flushed = self._written
+        while (self._next_report + 1) * self.segsize <= self._flushed:
+            segno = self._next_report
+            self._next_report += 1
+            fd = self._fds.pop(segno, None)
+            if fd is not None:
+                os.close(fd)
+            if self._on_complete is not None:
+                self._on_complete(segno, self._path(segno))
+        return self._flushed
+
+    def close(self, flush: bool = True) -> None:
+        """Flush (unless told not to, e.g. to simulate a crash) and close the files."""
+        if self._closed:
+            return
+        try:
+            if flush:
+                self.flush()
+        finally:
+            self._closed = True
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __enter__(self) -> "WalWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(flush=exc[0] is None)
+
+    # -- files ---------------------------------------------------------------
+    def _path(self, segno: int) -> str:
+        return os.path.join(self.pg_wal, segment_name(self.tli, segno, self.segsize))
+
+    def _fd(self, segno: int) -> int:
+        fd = self._fds.get(segno)
+        if fd is None:
+            path = init_segment_file(self.pg_wal, self.tli, segno, self.segsize)
+            fd = os.open(path, os.O_RDWR)
+            self._fds[segno] = fd
+        return fd
+
+    def _read_back_partial_page(self, start_lsn: int) -> bytes:
+        """The bytes already on the page where we resume, so rewrites keep them."""
+        page = start_lsn - start_lsn % XLOG_BLCKSZ
+        n = start_lsn - page
+        segno = segno_of(page, self.segsize)
+        path = self._path(segno)
+        data = b""
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                f.seek(page % self.segsize)
+                data = f.read(n)
+        hsize = page_header_size_at(page, self.segsize)
+        if len(data) == n and n >= hsize:
+            err = validate_page_header(data.ljust(C.SIZE_OF_LONG_PHD, b"\0"), 0, page, self.segsize,
+                                       self.tli, self.sysid)
+            if err is None:
+                return data
+            if any(data) or n != hsize:
+                raise WalError(f"cannot resume WAL at {format_lsn(start_lsn)}: {err}", start_lsn)
+        elif n != hsize:
+            raise WalError(f'cannot resume WAL at {format_lsn(start_lsn)}: page {format_lsn(page)} '
+                           f'is not in "{path}"', start_lsn)
+        # Resuming right after where a page header belongs on a fresh page: make it.
+        return pack_page_header(page, self.tli, self.segsize, self.sysid, 0)
