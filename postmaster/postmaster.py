@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing.util
 import os
 import select
 import signal
@@ -302,6 +303,9 @@ class Postmaster:
         if pid == 0:  # child
             code = 1
             try:
+                # A raw fork does not run multiprocessing's after-fork hooks; the log
+                # queue needs them to start its own feeder thread in this process.
+                multiprocessing.util._run_after_forkers()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(self.death_w)
                 os.close(self.self_r)

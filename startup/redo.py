@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from xlog import constants as C
-from xlog.record import DecodedRecord, decode_kv
+from xlog.record import DecodedRecord, KvDelete, KvPut
 
 
 @dataclass
@@ -35,15 +35,23 @@ class Redo:
         if rec.xid > self.max_xid:
             self.max_xid = rec.xid
         if rec.rmid == C.RM_KV_ID:
-            self.open_xacts.setdefault(rec.xid, []).append(decode_kv(rec.info, rec.main_data))
+            op = rec.info & C.XLR_RMGR_INFO_MASK
+            if op == C.KV_PUT:
+                p = KvPut.unpack(rec.main_data)
+                change = ("put", p.key, p.value)
+            elif op == C.KV_DELETE:
+                change = ("delete", KvDelete.unpack(rec.main_data).key, None)
+            else:
+                return
+            self.open_xacts.setdefault(rec.xid, []).append(change)
         elif rec.rmid == C.RM_XACT_ID:
             op = rec.info & C.XLOG_XACT_OPMASK
             changes = self.open_xacts.pop(rec.xid, [])
-            if op == C.XLOG_XACT_COMMIT and rec.end_lsn > self.applied_lsn and changes:
-                self.pending.append((changes, rec.end_lsn))
+            if op == C.XLOG_XACT_COMMIT and rec.next_lsn > self.applied_lsn and changes:
+                self.pending.append((changes, rec.next_lsn))
                 if len(self.pending) >= self.batch:
                     self.flush()
-        self.last_end_lsn = rec.end_lsn
+        self.last_end_lsn = rec.next_lsn
 
     def flush(self) -> None:
         if self.pending:

@@ -22,7 +22,8 @@ import time
 
 from shmem.segment import SharedState
 from startup.redo import Redo
-from startup.states import RecoveryState, WalSource
+from startup.standby import set_state
+from startup.states import RecoveryState
 from walswitch import elog
 from walswitch.proc import ChildContext, set_title
 from xlog import archive_status
@@ -91,20 +92,19 @@ def crash_recovery(ctx: ChildContext, cf: ControlFile) -> int:
     need_redo = cf.state != DBState.SHUTDOWNED or ckpt.redo < cf.checkpoint_lsn
     set_state(ctx, RecoveryState.CRASH_RECOVERY, "startup")
     end_lsn, last_lsn = ckpt_rec.next_lsn, ckpt_rec.lsn
-    next_xid = max(cf.next_xid, ckpt.nextXid)
+    next_xid = max(cf.next_xid, ckpt.next_xid)
     if need_redo:
         log.info("database system was not properly shut down; automatic recovery in progress")
-        cf.state = DBState.IN_CRASH_RECOVERY
+        cf = cf.with_changes(state=DBState.IN_CRASH_RECOVERY)
         write_control(ctx.datadir, cf)
         end_lsn, last_lsn, max_xid = replay_to_end(ctx, cf, ckpt.redo)
         next_xid = max(next_xid, max_xid + 1)
         clear_invalid_tail(pg_wal, cf, end_lsn)
         mark_unarchived_segments(ctx, pg_wal, cf, end_lsn)
-        end_lsn, last_lsn = end_of_recovery_checkpoint(ctx, cf, end_lsn, last_lsn, next_xid)
+        cf, end_lsn, last_lsn = end_of_recovery_checkpoint(ctx, cf, end_lsn, last_lsn, next_xid)
     else:
         log.info("redo is not required")
-        cf.state = DBState.IN_PRODUCTION
-        cf.next_xid = next_xid
+        cf = cf.with_changes(state=DBState.IN_PRODUCTION, next_xid=next_xid)
         write_control(ctx.datadir, cf)
     publish_end_of_wal(ctx.shared, cf, end_lsn, last_lsn, in_recovery=False)
     set_state(ctx, RecoveryState.DONE, "end of WAL reached")
@@ -183,51 +183,18 @@ def mark_unarchived_segments(ctx: ChildContext, pg_wal: str, cf: ControlFile, en
 
 
 def end_of_recovery_checkpoint(ctx: ChildContext, cf: ControlFile, end_lsn: int, last_lsn: int,
-                               next_xid: int) -> tuple[int, int]:
+                               next_xid: int) -> tuple[ControlFile, int, int]:
     pg_wal = os.path.join(ctx.datadir, "pg_wal")
     writer = WalWriter(pg_wal, cf.timeline, cf.wal_segsize, cf.system_identifier, end_lsn, last_lsn)
-    redo = writer.insert_lsn
-    ckpt = CheckPoint(redo=redo, ThisTimeLineID=cf.timeline, PrevTimeLineID=cf.timeline, fullPageWrites=True,
-                      nextXid=next_xid, nextOid=16384, nextMulti=1, nextMultiOffset=0, oldestXid=3,
-                      oldestXidDB=1, oldestMulti=1, oldestMultiDB=1, time=int(time.time()),
-                      oldestCommitTsXid=0, newestCommitTsXid=0, oldestActiveXid=0)
+    redo = writer.next_record_lsn
+    ckpt = CheckPoint(redo=redo, this_tli=cf.timeline, prev_tli=cf.timeline, next_xid=next_xid,
+                      time=int(time.time()))
     start, _end = writer.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, ckpt.pack())
     writer.flush()
     new_end, new_last = writer.insert_lsn, start
     writer.close()
-    cf.state = DBState.IN_PRODUCTION
-    cf.checkpoint_lsn, cf.redo_lsn, cf.next_xid, cf.time = start, redo, next_xid, int(time.time())
+    cf = cf.with_changes(state=DBState.IN_PRODUCTION, checkpoint_lsn=start, redo_lsn=redo, next_xid=next_xid)
     write_control(ctx.datadir, cf)
     log.info("checkpoint complete: end-of-recovery checkpoint at %s", format_lsn(start))
-    ctx.events.emit("checkpoint", lsn=format_lsn(start), redo=format_lsn(redo), kind="end-of-recovery")
-    return new_end, new_last
-
-
-# Which transitions the startup process may make (standby.py extends the use).
-TRANSITIONS: dict[RecoveryState, set[RecoveryState]] = {
-    RecoveryState.NOT_STARTED: {RecoveryState.CRASH_RECOVERY, RecoveryState.ARCHIVE_RECOVERY},
-    RecoveryState.CRASH_RECOVERY: {RecoveryState.DONE},
-    RecoveryState.ARCHIVE_RECOVERY: {RecoveryState.RETRY_ARCHIVE, RecoveryState.STREAMING,
-                                     RecoveryState.PROMOTING},
-    RecoveryState.RETRY_ARCHIVE: {RecoveryState.STREAMING, RecoveryState.WAIT_RETRY, RecoveryState.PROMOTING},
-    RecoveryState.WAIT_RETRY: {RecoveryState.RETRY_ARCHIVE, RecoveryState.STREAMING, RecoveryState.PROMOTING},
-    RecoveryState.STREAMING: {RecoveryState.RETRY_ARCHIVE, RecoveryState.WAIT_RETRY, RecoveryState.PROMOTING},
-    RecoveryState.PROMOTING: {RecoveryState.DONE},
-    RecoveryState.DONE: set(),
-}
-
-
-def set_state(ctx: ChildContext, new: RecoveryState, reason: str,
-              source: WalSource | None = None) -> None:
-    """The one place a recovery state changes: check, store, log, record."""
-    rec = ctx.shared.recovery
-    with rec.locked():
-        old = RecoveryState(rec.get("state"))
-        if new != old and new not in TRANSITIONS[old]:
-            raise RuntimeError(f"invalid recovery state transition {old.name} -> {new.name}")
-        rec.set(state=int(new))
-        if source is not None:
-            rec.set(wal_source=int(source))
-    if new != old:
-        log.debug("recovery state %s -> %s: %s", old.name.lower(), new.name.lower(), reason)
-        ctx.events.emit("recovery_state", **{"from": old.name.lower(), "to": new.name.lower(), "reason": reason})
+    ctx.events.emit("checkpoint", lsn=format_lsn(start), redo=format_lsn(redo), checkpoint="end-of-recovery")
+    return cf, new_end, new_last

@@ -55,6 +55,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("archive_cleanup_command", "string", ""),
     Setting("recovery_target_timeline", "string", "latest"),
     Setting("promote_trigger_file", "string", ""),
+    Setting("restore_command_timeout", "int", 0, unit="s", min=0, max=2 ** 30),
     Setting("wal_retrieve_retry_interval", "int", 5000, unit="ms", min=1, max=2 ** 31),
     Setting("wal_receiver_timeout", "int", 60_000, unit="ms", min=0, max=2 ** 31),
     Setting("wal_receiver_status_interval", "int", 10, unit="s", min=0, max=2 ** 31 // 1000),

@@ -66,12 +66,10 @@ def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> i
     sysid = new_system_identifier()
     start = segment_start(1, segsize)
     writer = WalWriter(os.path.join(datadir, "pg_wal"), 1, segsize, sysid, start, 0)
-    ckpt_lsn = writer.insert_lsn
+    ckpt_lsn = writer.next_record_lsn
     now = int(time.time())
-    ckpt = CheckPoint(redo=ckpt_lsn, ThisTimeLineID=1, PrevTimeLineID=1, fullPageWrites=True,
-                      nextXid=FIRST_NORMAL_XID, nextOid=FIRST_OID, nextMulti=1, nextMultiOffset=0,
-                      oldestXid=FIRST_NORMAL_XID, oldestXidDB=1, oldestMulti=1, oldestMultiDB=1,
-                      time=now, oldestCommitTsXid=0, newestCommitTsXid=0, oldestActiveXid=0)
+    ckpt = CheckPoint(redo=ckpt_lsn, this_tli=1, prev_tli=1, next_xid=FIRST_NORMAL_XID,
+                      time=int(time.time()))
     writer.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, ckpt.pack())
     writer.flush()
     writer.close()

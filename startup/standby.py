@@ -1,0 +1,722 @@
+"""The standby's startup process: the WAL-source state machine, replay, restartpoints, promotion.
+
+States (``RecoveryState``; the allowed transitions are ``TRANSITIONS`` below and
+``set_state`` is the only function that changes the state)::
+
+    ARCHIVE_RECOVERY --archive (and pg_wal) has no next segment--> RETRY_ARCHIVE   (walreceiver requested)
+                     --no primary_conninfo--------------------> WAIT_RETRY
+    RETRY_ARCHIVE    --one round of archive/pg_wal attempts found nothing--> WAIT_RETRY
+                     --walreceiver streams the WAL we need--> STREAMING
+    WAIT_RETRY       --wal_retrieve_retry_interval passed since the last round--> RETRY_ARCHIVE
+                     --walreceiver streams the WAL we need--> STREAMING
+    STREAMING        --walreceiver gone, or its WAL fails validation--> RETRY_ARCHIVE / WAIT_RETRY
+    any of these     --promote request--> PROMOTING --> DONE (the process exits 0)
+    (CRASH_RECOVERY --> DONE is the primary's crash recovery, startup/startup.py)
+
+``wal_source`` (archive / pg_wal / stream) says where the segment being read
+came from; it changes with every successful fetch and is stored with the
+state.
+
+The three ``standby_wal_coordination`` approaches are policies
+(``startup/policy.py``) consulted at the same points of this one machine:
+before an archive attempt (``stop_walreceiver`` stops the walreceiver
+first), when the archive runs dry (request the walreceiver), when the stream
+is lost, and whether the startup restores at all (``walreceiver_restores``:
+never; it only reads pg_wal up to what the walreceiver flushed).
+
+Who wakes whom: the walreceiver sets our latch after each flush and state
+change; the postmaster forwards promote requests as SIGUSR2 and shutdown as
+SIGTERM (the handlers only set flags and our latch).  We raise PMSignal flags
+(recovery started, consistent, start walreceiver) and SIGUSR1 the postmaster.
+
+Reading: records come from ``xlog.reader.WalReader`` over segment files in
+pg_wal (restored files are renamed there, the walreceiver writes there);
+while streaming, the reader may not read past the walreceiver's flushed
+position (``read_upto``).  A reader that stops with no error wants more
+WAL; one that stops with an error (PostgreSQL's message, logged once) makes
+the current source count as failed.  Either way the machine fetches and the
+reader retries at the same position.
+
+Replay applies each committed transaction at its commit record (one SQLite
+transaction with the LSN, startup/redo.py).  Every replayed checkpoint record
+becomes a restartpoint: the store is synced and the control file points at
+that checkpoint, so a crash-restart replays from there and skips commits the
+store already holds.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from startup.redo import Redo
+from startup.restore import RestoreFatal, restore_file
+from startup.states import RecoveryState, WalRcvState, WalSource
+from walswitch import elog
+from walswitch.proc import ChildContext, set_title
+from xlog import archive_status
+from xlog import constants as C
+from xlog.control import ControlFile, DBState, write_control
+from xlog.history import TimelineHistoryEntry, read_history, write_history_file
+from xlog.lsn import (format_lsn, history_file_name, is_segment_name, parse_segment_name, segment_name,
+                      segment_start, segno_of)
+from xlog.reader import WalReader
+from xlog.record import CheckPoint, EndOfRecovery, timestamptz_now
+
+log = elog.logger()
+
+TRANSITIONS: dict[RecoveryState, set[RecoveryState]] = {
+    RecoveryState.NOT_STARTED: {RecoveryState.CRASH_RECOVERY, RecoveryState.ARCHIVE_RECOVERY},
+    RecoveryState.CRASH_RECOVERY: {RecoveryState.DONE},
+    RecoveryState.ARCHIVE_RECOVERY: {RecoveryState.RETRY_ARCHIVE, RecoveryState.WAIT_RETRY,
+                                     RecoveryState.STREAMING, RecoveryState.PROMOTING},
+    RecoveryState.RETRY_ARCHIVE: {RecoveryState.STREAMING, RecoveryState.WAIT_RETRY, RecoveryState.PROMOTING},
+    RecoveryState.WAIT_RETRY: {RecoveryState.RETRY_ARCHIVE, RecoveryState.STREAMING, RecoveryState.PROMOTING},
+    RecoveryState.STREAMING: {RecoveryState.RETRY_ARCHIVE, RecoveryState.WAIT_RETRY, RecoveryState.PROMOTING},
+    RecoveryState.PROMOTING: {RecoveryState.DONE},
+    RecoveryState.DONE: set(),
+}
+
+
+def set_state(ctx: ChildContext, new: RecoveryState, reason: str, source: WalSource | None = None) -> None:
+    """The one place the recovery state changes: check it, store it, log it, record it."""
+    rec = ctx.shared.recovery
+    with rec.locked():
+        old = RecoveryState(rec.get("state"))
+        old_source = WalSource(rec.get("wal_source"))
+        if new != old and new not in TRANSITIONS[old]:
+            raise RuntimeError(f"invalid recovery state transition {old.name} -> {new.name}")
+        rec.set(state=int(new))
+        if source is not None:
+            rec.set(wal_source=int(source))
+    if new != old:
+        log.debug("recovery state %s -> %s: %s", old.name.lower(), new.name.lower(), reason)
+        ctx.events.emit("recovery_state", **{"from": old.name.lower(), "to": new.name.lower(), "reason": reason})
+    if source is not None and source != old_source:
+        ctx.events.emit("wal_source", **{"from": old_source.name.lower(), "to": source.name.lower(),
+                                         "reason": reason})
+
+
+class Promote(Exception):
+    """A promote request: finish what is available and end recovery."""
+
+
+class Shutdown(Exception):
+    """SIGTERM: stop replaying and exit."""
+
+
+@dataclass
+class Flags:
+    shutdown: bool = False
+    promote: bool = False
+    reload: bool = False
+
+
+@dataclass
+class Standby:
+    ctx: ChildContext
+    cf: ControlFile
+    flags: Flags = field(default_factory=Flags)
+    history: list[TimelineHistoryEntry] = field(default_factory=list)  # ancestors of target_tli
+    target_tli: int = 1
+    last_round: float = -1e9            # monotonic time of the last archive round
+    logged_error: tuple | None = None
+    consistent: bool = False
+    restore_pid: int | None = None
+    restartpoint_ckpt: int = 0
+
+    def __post_init__(self) -> None:
+        from startup.policy import make_policy
+        self.datadir = self.ctx.datadir
+        self.pg_wal = os.path.join(self.datadir, "pg_wal")
+        self.segsize = self.cf.wal_segsize
+        self.cfg = self.ctx.config
+        self.policy = make_policy(self.cfg["standby_wal_coordination"], self)
+        self.latch = self.ctx.shared.latches["startup"]
+
+    # ================================================================ signals
+    def install_signals(self) -> None:
+        def on_term(*_: object) -> None:
+            self.flags.shutdown = True
+            self.latch.set()
+
+        def on_promote(*_: object) -> None:
+            self.flags.promote = True
+            self.latch.set()
+
+        def on_hup(*_: object) -> None:
+            self.flags.reload = True
+            self.latch.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGUSR2, on_promote)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def promote_requested(self) -> bool:
+        if self.flags.promote:
+            return True
+        trig = self.cfg["promote_trigger_file"]
+        if trig and os.path.exists(trig if os.path.isabs(trig) else os.path.join(self.datadir, trig)):
+            self.flags.promote = True
+        if os.path.exists(os.path.join(self.datadir, "promote")) or self.ctx.shared.recovery.get("promote_requested"):
+            self.flags.promote = True
+        return self.flags.promote
+
+    def check_interrupts(self) -> None:
+        if self.flags.shutdown:
+            raise Shutdown()
+        if not self.ctx.postmaster_alive():
+            os._exit(1)
+        if self.flags.reload:
+            self.flags.reload = False
+            from walswitch import config as cfgmod
+            try:
+                self.cfg = cfgmod.load(self.datadir, [(k, str(v)) for k, v in self.cfg.values.items()
+                                                      if self.cfg.sources.get(k) == "command line"])
+                self.ctx.config = self.cfg
+            except cfgmod.ConfigError as e:
+                log.error("configuration file was not reloaded: %s", e)
+        if self.promote_requested():
+            raise Promote()
+
+    def sleep(self, timeout: float) -> None:
+        """Wait on our latch (walreceiver flushes, signals) for at most timeout seconds."""
+        self.latch.wait(max(0.0, timeout))
+
+    def pmsignal(self, **flags: int) -> None:
+        self.ctx.shared.pm.update(**flags)
+        try:
+            os.kill(self.ctx.shared.postmaster_pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+
+    # ================================================================ state
+    @property
+    def state(self) -> RecoveryState:
+        return RecoveryState(self.ctx.shared.recovery.get("state"))
+
+    def transition(self, new: RecoveryState, reason: str, source: WalSource | None = None) -> None:
+        set_state(self.ctx, new, reason, source)
+
+    # ================================================================ timelines
+    def read_history_file(self, tli: int) -> list[TimelineHistoryEntry] | None:
+        if tli == 1:
+            return []
+        path = os.path.join(self.pg_wal, history_file_name(tli))
+        try:
+            with open(path, encoding="utf-8") as f:
+                return read_history(f.read())
+        except FileNotFoundError:
+            return None
+
+    def fetch_history(self, tli: int) -> list[TimelineHistoryEntry] | None:
+        """A timeline's history from pg_wal, or from the archive."""
+        h = self.read_history_file(tli)
+        if h is not None:
+            return h
+        if self.cfg["restore_command"] and self.policy.startup_restores:
+            if self.run_restore(history_file_name(tli), None):
+                return self.read_history_file(tli)
+        return None
+
+    def tli_begin(self, tli: int) -> int:
+        """Where timeline tli begins on our expected history (0 for the first)."""
+        prev_end = 0
+        for e in self.history:
+            if e.tli == tli:
+                return prev_end
+            prev_end = e.switchpoint
+        return prev_end if tli == self.target_tli else 0
+
+    def timelines(self) -> list[int]:
+        return [e.tli for e in self.history] + [self.target_tli]
+
+    def tli_for_segment(self, segno: int) -> list[int]:
+        """Candidate timelines for a segment, newest first (PostgreSQL's XLogFileReadAnyTLI order)."""
+        out = []
+        for tli in reversed(self.timelines()):
+            begin = self.tli_begin(tli)
+            if begin and segno < segno_of(begin, self.segsize):
+                continue
+            out.append(tli)
+        return out
+
+    def tli_of_lsn(self, lsn: int) -> int:
+        for e in self.history:
+            if lsn < e.switchpoint:
+                return e.tli
+        return self.target_tli
+
+    def rescan_latest_timeline(self, replay_lsn: int) -> bool:
+        """recovery_target_timeline = latest: look for a newer timeline; True if we moved to one."""
+        if self.cfg["recovery_target_timeline"] != "latest":
+            return False
+        found = False
+        probe = self.target_tli + 1
+        while True:
+            h = self.fetch_history(probe)
+            if h is None:
+                break
+            # The new timeline must fork off ours at or after what we replayed.
+            fork = next((e.switchpoint for e in h if e.tli == self.target_tli), None)
+            if fork is None or fork < replay_lsn:
+                log.info("new timeline %d is not a child of database system timeline %d", probe, self.target_tli)
+                break
+            log.info("new target timeline is %d", probe)
+            self.ctx.events.emit("timeline_switch_target", tli=probe, fork=format_lsn(fork))
+            self.target_tli, self.history = probe, h
+            found = True
+            probe += 1
+        return found
+
+    def setup_timeline(self) -> None:
+        want = self.cfg["recovery_target_timeline"]
+        self.target_tli = self.cf.timeline
+        self.history = self.read_history_file(self.target_tli) or []
+        if want == "latest":
+            self.rescan_latest_timeline(self.cf.min_recovery_point or self.cf.checkpoint_lsn)
+        elif want not in ("current", ""):
+            try:
+                tli = int(want)
+            except ValueError:
+                raise RestoreFatal(f'invalid value for parameter "recovery_target_timeline": "{want}"') from None
+            h = self.fetch_history(tli)
+            if h is None:
+                raise RestoreFatal(f"recovery target timeline {tli} does not exist")
+            self.target_tli, self.history = tli, h
+        self.ctx.shared.recovery.update(timeline=self.target_tli)
+
+    # ================================================================ fetching
+    def open_segment(self, _tli: int, segno: int) -> bytes | None:
+        """The reader's segment source: pg_wal, newest timeline first."""
+        for tli in self.tli_for_segment(segno):
+            path = os.path.join(self.pg_wal, segment_name(tli, segno, self.segsize))
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(self.segsize)
+            except FileNotFoundError:
+                continue
+            self.reading = (tli, segno)
+            return data
+        return None
+
+    def last_restartpoint_file(self) -> str:
+        return segment_name(self.cf.timeline, segno_of(self.cf.redo_lsn, self.segsize), self.segsize)
+
+    def run_restore(self, fname: str, expected_size: int | None) -> bool:
+        cmd = self.cfg["restore_command"]
+        if not cmd:
+            return False
+        from walswitch.inject import inject
+        inject("before_restore", self.ctx, file=fname)
+        set_title(f"startup waiting for {fname}")
+
+        def on_child(pid: int | None) -> None:
+            self.restore_pid = pid
+
+        try:
+            res = restore_file(self.datadir, cmd, fname, expected_size, self.last_restartpoint_file(),
+                               timeout=self.cfg["restore_command_timeout"],
+                               should_stop=lambda: self.flags.shutdown or not self.ctx.postmaster_alive(),
+                               on_child=on_child)
+        except InterruptedError:
+            raise Shutdown() from None
+        self.ctx.events.emit("restore", file=fname, ok=res.ok, exit=res.exit_code, seconds=round(res.seconds, 4),
+                             bytes=res.size, reason=res.reason, by="startup")
+        if res.ok:
+            archive_status.mark_done(self.pg_wal, fname)
+            inject("after_restore", self.ctx, file=fname)
+        return res.ok
+
+    def try_archive(self, segno: int) -> bool:
+        """One archive attempt for a segment (newest candidate timeline first)."""
+        if not self.policy.startup_restores or not self.cfg["restore_command"]:
+            return False
+        self.policy.before_restore()
+        for tli in self.tli_for_segment(segno):
+            fname = segment_name(tli, segno, self.segsize)
+            if self.run_restore(fname, self.segsize):
+                self.ctx.shared.recovery.update(last_restored_segment=fname)
+                self.ctx.events.emit("segment_fetched", source="archive", file=fname, bytes=self.segsize)
+                return True
+        return False
+
+    def pg_wal_has(self, segno: int) -> bool:
+        return any(os.path.exists(os.path.join(self.pg_wal, segment_name(t, segno, self.segsize)))
+                   for t in self.tli_for_segment(segno))
+
+    # ---------------------------------------------------------------- walreceiver control
+    def walrcv(self) -> dict:
+        return self.ctx.shared.walrcv.read("state", "pid", "flushed_lsn", "received_tli", "receive_start",
+                                           "receive_start_tli")
+
+    def walrcv_running(self) -> bool:
+        w = self.walrcv()
+        return WalRcvState(w["state"]) != WalRcvState.STOPPED
+
+    def stream_has(self, pos: int) -> bool:
+        """Has the walreceiver flushed WAL past pos on a timeline we expect there?"""
+        w = self.walrcv()
+        return (WalRcvState(w["state"]) in (WalRcvState.STREAMING, WalRcvState.WAITING, WalRcvState.RESTARTING)
+                and w["flushed_lsn"] > pos and w["received_tli"] in self.tli_for_segment(segno_of(pos, self.segsize)))
+
+    def request_walreceiver(self, pos: int) -> None:
+        """Ask for streaming from the start of pos's segment (as PostgreSQL's RequestXLogStreaming)."""
+        start = segment_start(segno_of(pos, self.segsize), self.segsize)
+        tli = self.tli_of_lsn(pos)
+        wr = self.ctx.shared.walrcv
+        with wr.locked():
+            st = WalRcvState(wr.get("state"))
+            if st in (WalRcvState.STREAMING, WalRcvState.STARTING, WalRcvState.RESTARTING):
+                return
+            wr.set(receive_start=start, receive_start_tli=tli)
+            if st == WalRcvState.WAITING:
+                wr.set(state=int(WalRcvState.RESTARTING))
+                restart = True
+            else:
+                wr.set(state=int(WalRcvState.STARTING), flushed_lsn=start, written_lsn=start,
+                       latest_chunk_start=start, received_tli=tli)
+                restart = False
+        self.walrcv_requested_at = time.monotonic()
+        self.ctx.events.emit("walreceiver_request", start=format_lsn(start), tli=tli, restart=restart)
+        if restart:
+            self.ctx.shared.latches["walreceiver"].set()
+        else:
+            self.pmsignal(start_walreceiver=1)
+
+    def stop_walreceiver(self, reason: str, timeout: float = 30.0) -> None:
+        """PostgreSQL's ShutdownWalRcv: SIGTERM it and wait until it reports STOPPED."""
+        w = self.walrcv()
+        if WalRcvState(w["state"]) == WalRcvState.STOPPED:
+            return
+        self.ctx.events.emit("walreceiver_stop_request", reason=reason, pid=w["pid"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            w = self.walrcv()
+            st = WalRcvState(w["state"])
+            if st == WalRcvState.STOPPED:
+                return
+            if w["pid"]:
+                try:
+                    os.kill(w["pid"], signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            elif st == WalRcvState.STARTING and time.monotonic() - getattr(self, "walrcv_requested_at", 0) > 10:
+                # Requested but never started (the postmaster refused): give up on it.
+                self.ctx.shared.walrcv.update(state=int(WalRcvState.STOPPED))
+                return
+            if self.flags.shutdown:
+                raise Shutdown()
+            self.sleep(0.05)
+        raise RestoreFatal("walreceiver did not stop in time")
+
+    # ---------------------------------------------------------------- the machine
+    def wait_for_wal(self, reader: WalReader) -> None:
+        """Reader has no next record at reader.next_lsn: fetch more WAL (blocking) per state and policy."""
+        pos = reader.next_lsn
+        segno = segno_of(pos, self.segsize)
+        if reader.error:
+            key = (pos, reader.error)
+            if key != self.logged_error:
+                log.info("%s", reader.error)
+                self.ctx.events.emit("wal_invalid", lsn=format_lsn(pos), error=reader.error,
+                                     source=WalSource(self.ctx.shared.recovery.get("wal_source")).name.lower())
+                self.logged_error = key
+        interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
+        conninfo = bool(self.cfg["primary_conninfo"])
+        failed_here = bool(reader.error)
+        while True:
+            self.check_interrupts()
+            st = self.state
+            if st == RecoveryState.STREAMING:
+                if not failed_here and self.stream_has(pos):
+                    reader.read_upto = self.ctx.shared.walrcv.get("flushed_lsn")
+                    return
+                w = self.walrcv()
+                wst = WalRcvState(w["state"])
+                if not failed_here and wst in (WalRcvState.STREAMING, WalRcvState.STARTING, WalRcvState.RESTARTING):
+                    set_title(f"startup waiting for {segment_name(self.tli_of_lsn(pos), segno, self.segsize)}")
+                    self.sleep(1.0)
+                    continue
+                # The stream is gone (or what it gave us is invalid).
+                log.debug("switched WAL source from stream to archive after failure")
+                self.policy.stream_lost()
+                reader.read_upto = None
+                failed_here = False
+                self.after_round_wait(interval, "streaming stopped")
+                continue
+            if st in (RecoveryState.ARCHIVE_RECOVERY, RecoveryState.RETRY_ARCHIVE):
+                self.last_round = time.monotonic()
+                if self.state == RecoveryState.RETRY_ARCHIVE and self.cfg["recovery_target_timeline"] == "latest":
+                    if self.rescan_latest_timeline(pos):
+                        if self.walrcv_running():
+                            self.policy.timeline_changed()
+                reader.read_upto = None
+                if not failed_here or self.policy.startup_restores:
+                    if self.try_archive(segno):
+                        self.transition(st, "restored from archive", WalSource.ARCHIVE)
+                        return
+                if not failed_here and self.pg_wal_has(segno) and self.last_pg_wal_try != (pos, segno):
+                    self.last_pg_wal_try = (pos, segno)
+                    self.transition(st, "segment present in pg_wal", WalSource.PG_WAL)
+                    return
+                failed_here = False
+                if conninfo:
+                    self.policy.archive_dry(pos)
+                    if self.stream_has(pos):
+                        self.transition(RecoveryState.STREAMING, "walreceiver has the WAL", WalSource.STREAM)
+                        continue
+                    if st == RecoveryState.ARCHIVE_RECOVERY:
+                        self.transition(RecoveryState.RETRY_ARCHIVE, "archive has no next segment; walreceiver requested")
+                self.transition(RecoveryState.WAIT_RETRY, "no WAL available from any source")
+                continue
+            if st == RecoveryState.WAIT_RETRY:
+                if conninfo and self.stream_has(pos):
+                    self.transition(RecoveryState.STREAMING, "walreceiver has the WAL", WalSource.STREAM)
+                    continue
+                remaining = self.last_round + interval - time.monotonic()
+                if remaining <= 0 and self.policy.may_retry_archive():
+                    self.transition(RecoveryState.RETRY_ARCHIVE, "wal_retrieve_retry_interval passed")
+                    continue
+                if conninfo and not self.walrcv_running() and not self.policy.startup_restores:
+                    self.policy.archive_dry(pos)
+                set_title(f"startup waiting for {segment_name(self.tli_of_lsn(pos), segno, self.segsize)}")
+                self.sleep(max(0.01, min(remaining if remaining > 0 else 0.2, 1.0)))
+                continue
+            raise RuntimeError(f"wait_for_wal in state {st.name}")
+
+    last_pg_wal_try: tuple | None = None
+
+    def after_round_wait(self, interval: float, reason: str) -> None:
+        """Leave STREAMING: retry the archive now if the interval allows, else wait it out."""
+        if time.monotonic() - self.last_round >= interval and self.policy.may_retry_archive():
+            self.transition(RecoveryState.RETRY_ARCHIVE, reason)
+        else:
+            self.transition(RecoveryState.WAIT_RETRY, reason)
+
+    # ================================================================ replay
+    def run(self) -> int:
+        self.install_signals()
+        log.info("entering standby mode")
+        self.ctx.events.emit("standby_start", coordination=self.policy.name)
+        self.setup_timeline()
+        if self.cf.state not in (DBState.IN_ARCHIVE_RECOVERY, DBState.SHUTDOWNED_IN_RECOVERY):
+            self.cf = self.cf.with_changes(state=DBState.IN_ARCHIVE_RECOVERY)
+            write_control(self.datadir, self.cf)
+        from primary.kvstore import KVStore
+        self.store = KVStore(os.path.join(self.datadir, "base", "kv.sqlite"))
+        self.redo = Redo(self.store, self.cf.timeline)
+        self.reading = (self.cf.timeline, segno_of(self.cf.checkpoint_lsn, self.segsize))
+        self.transition(RecoveryState.ARCHIVE_RECOVERY, "standby mode", WalSource.ARCHIVE)
+        self.pmsignal(recovery_started=1)
+        with self.ctx.shared.xlog.locked() as x:
+            x.set(system_identifier=self.cf.system_identifier, wal_segsize=self.segsize,
+                  timeline=self.cf.timeline, in_recovery=1, accepting_writes=0)
+        reader = WalReader(self.open_segment, self.segsize, self.cf.timeline, self.cf.checkpoint_lsn,
+                           expected_sysid=self.cf.system_identifier)
+        try:
+            ckpt_rec = self.next_record(reader, replaying=False)
+            if ckpt_rec.rmid != C.RM_XLOG_ID or ckpt_rec.rm_info not in (C.XLOG_CHECKPOINT_SHUTDOWN,
+                                                                         C.XLOG_CHECKPOINT_ONLINE):
+                raise RestoreFatal(f"could not locate a valid checkpoint record at {format_lsn(self.cf.checkpoint_lsn)}")
+            ckpt = CheckPoint.unpack(ckpt_rec.main_data)
+            reader.begin_read(ckpt.redo)
+            log.info("redo starts at %s", format_lsn(ckpt.redo))
+            self.ctx.events.emit("redo_start", lsn=format_lsn(ckpt.redo))
+            self.check_consistency(ckpt.redo)
+            while True:
+                rec = self.next_record(reader)
+                self.replay(rec)
+        except Promote:
+            return self.promote(reader)
+        except Shutdown:
+            self.flush_replay()
+            self.store.close()
+            log.debug("startup process shutting down")
+            return 0
+        except RestoreFatal as e:
+            log.critical("%s", e)
+            return 1
+
+    def next_record(self, reader: WalReader, replaying: bool = True):
+        while True:
+            if self.state == RecoveryState.STREAMING:
+                reader.read_upto = self.ctx.shared.walrcv.get("flushed_lsn")
+            rec = reader.read_record()
+            if rec is not None:
+                return rec
+            if replaying:
+                self.flush_replay()
+            if self.flags.promote or self.promote_requested():
+                raise Promote()
+            self.wait_for_wal(reader)
+
+    def replay(self, rec) -> None:
+        self.redo.apply(rec)
+        self.replay_tli = self.reading[0]
+        if rec.rmid == C.RM_XLOG_ID and rec.rm_info in (C.XLOG_CHECKPOINT_SHUTDOWN, C.XLOG_CHECKPOINT_ONLINE):
+            self.flush_replay()
+            self.restartpoint(rec, CheckPoint.unpack(rec.main_data))
+        elif rec.rmid == C.RM_XLOG_ID and rec.rm_info == C.XLOG_END_OF_RECOVERY:
+            self.flush_replay()
+        if not self.consistent:
+            self.check_consistency(rec.next_lsn)
+        if len(self.redo.pending) == 0 or time.monotonic() - getattr(self, "_published", 0) > 0.2:
+            self.publish_replay()
+
+    def flush_replay(self) -> None:
+        self.redo.flush()
+        self.publish_replay()
+
+    def publish_replay(self) -> None:
+        end = self.redo.last_end_lsn
+        if not end:
+            return
+        if self.redo.pending:
+            return  # the store does not show these yet
+        self._published = time.monotonic()
+        self.ctx.shared.recovery.update(replay_lsn=end, replay_tli=getattr(self, "replay_tli", self.cf.timeline),
+                                        last_replay_time_us=int(time.time() * 1e6))
+        if not self.consistent:
+            self.check_consistency(end)
+
+    def check_consistency(self, lsn: int) -> None:
+        if self.consistent:
+            return
+        target = max(self.cf.min_recovery_point, self.store.applied_lsn())
+        if lsn >= target:
+            self.consistent = True
+            log.info("consistent recovery state reached at %s", format_lsn(lsn))
+            self.ctx.events.emit("consistent", lsn=format_lsn(lsn))
+            self.ctx.shared.recovery.update(consistent=1)
+            self.pmsignal(hot_standby_ready=1)
+
+    def restartpoint(self, rec, ckpt: CheckPoint) -> None:
+        """Every replayed checkpoint becomes a restartpoint (store synced, control file updated)."""
+        self.store.sync()
+        cf = self.cf = self.cf.with_changes(
+            checkpoint_lsn=rec.lsn, redo_lsn=ckpt.redo, timeline=self.reading[0],
+            min_recovery_point=max(self.cf.min_recovery_point, rec.next_lsn),
+            min_recovery_point_tli=self.reading[0], next_xid=max(self.cf.next_xid, ckpt.next_xid))
+        write_control(self.datadir, cf)
+        self.ctx.events.emit("restartpoint", lsn=format_lsn(rec.lsn), redo=format_lsn(ckpt.redo))
+        log.debug("recovery restart point at %s", format_lsn(ckpt.redo))
+        self.remove_old_segments(segno_of(ckpt.redo, self.segsize))
+
+    def remove_old_segments(self, redo_segno: int) -> None:
+        keep = self.cfg["wal_keep_size"] * 1024 * 1024 // self.segsize
+        cutoff = redo_segno - keep
+        status = os.path.join(self.pg_wal, "archive_status")
+        for name in os.listdir(self.pg_wal):
+            if not is_segment_name(name):
+                continue
+            _tli, s = parse_segment_name(name, self.segsize)
+            if s >= cutoff:
+                continue
+            if os.path.exists(os.path.join(status, name + ".ready")):
+                continue  # archive_mode = always and not archived yet
+            try:
+                os.unlink(os.path.join(self.pg_wal, name))
+            except FileNotFoundError:
+                pass
+            for suffix in (".done",):
+                try:
+                    os.unlink(os.path.join(status, name + suffix))
+                except FileNotFoundError:
+                    pass
+
+    # ================================================================ promotion
+    def promote(self, reader: WalReader) -> int:
+        """Finish what pg_wal (and the archive) hold, stop streaming, start a new timeline."""
+        log.info("received promote request")
+        self.transition(RecoveryState.PROMOTING, "promote requested")
+        self.stop_walreceiver("promotion")
+        # Replay what is already available; never wait for more.
+        reader.read_upto = None
+        while True:
+            rec = reader.read_record()
+            if rec is None:
+                segno = segno_of(reader.next_lsn, self.segsize)
+                if not reader.error and self.policy.startup_restores and self.try_archive(segno):
+                    continue
+                break
+            self.replay(rec)
+        self.flush_replay()
+        if reader.error:
+            log.info("%s", reader.error)
+        end_lsn = reader.end_of_valid_wal
+        last_lsn = reader.last_record_lsn
+        old_tli = self.reading[0] if reader.last_record_lsn else self.cf.timeline
+        log.info("redo done at %s", format_lsn(last_lsn))
+        # A new timeline: one above any we know of (archive included).
+        new_tli = self.target_tli + 1
+        while self.fetch_history(new_tli) is not None:
+            new_tli += 1
+        log.info("selected new timeline ID: %d", new_tli)
+        entries = list(self.history_for(old_tli)) + [
+            TimelineHistoryEntry(old_tli, end_lsn, "no recovery target specified")]
+        write_history_file(self.pg_wal, new_tli, entries)
+        hist = history_file_name(new_tli)
+        archive_status.mark_ready(self.pg_wal, hist)
+        from xlog.writer import WalWriter, copy_segment_prefix
+        end_segno = segno_of(end_lsn, self.segsize)
+        old_name = segment_name(old_tli, end_segno, self.segsize)
+        if end_lsn % self.segsize and os.path.exists(os.path.join(self.pg_wal, old_name)):
+            copy_segment_prefix(self.pg_wal, old_tli, new_tli, end_segno, end_lsn, self.segsize)
+            # PostgreSQL keeps the old timeline's last, partial segment as .partial and archives it.
+            partial = old_name + ".partial"
+            os.replace(os.path.join(self.pg_wal, old_name), os.path.join(self.pg_wal, partial))
+            for suffix in (".done", ".ready"):
+                try:
+                    os.unlink(os.path.join(self.pg_wal, "archive_status", old_name + suffix))
+                except FileNotFoundError:
+                    pass
+            archive_status.mark_ready(self.pg_wal, partial)
+        writer = WalWriter(self.pg_wal, new_tli, self.segsize, self.cf.system_identifier, end_lsn, last_lsn)
+        eor = EndOfRecovery(end_time=timestamptz_now(), this_tli=new_tli, prev_tli=old_tli)
+        start, _ = writer.insert(C.RM_XLOG_ID, C.XLOG_END_OF_RECOVERY, 0, eor.pack())
+        redo = writer.next_record_lsn
+        ckpt = CheckPoint(redo=redo, this_tli=new_tli, prev_tli=new_tli, next_xid=max(self.cf.next_xid, self.redo.max_xid + 1),
+                      time=int(time.time()))
+        self.store.sync()
+        ck_start, _ = writer.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_ONLINE, 0, ckpt.pack())
+        writer.flush()
+        insert_lsn = writer.insert_lsn
+        writer.close()
+        self.store.close()
+        cf = self.cf = self.cf.with_changes(
+            state=DBState.IN_PRODUCTION, timeline=new_tli, prev_timeline=old_tli, checkpoint_lsn=ck_start,
+            redo_lsn=redo, next_xid=ckpt.next_xid, min_recovery_point=0, min_recovery_point_tli=0)
+        write_control(self.datadir, cf)
+        for name in ("standby.signal", "promote"):
+            try:
+                os.unlink(os.path.join(self.datadir, name))
+            except FileNotFoundError:
+                pass
+        trig = self.cfg["promote_trigger_file"]
+        if trig:
+            try:
+                os.unlink(trig if os.path.isabs(trig) else os.path.join(self.datadir, trig))
+            except FileNotFoundError:
+                pass
+        from startup.startup import publish_end_of_wal
+        publish_end_of_wal(self.ctx.shared, cf, insert_lsn, ck_start, in_recovery=False)
+        self.ctx.shared.recovery.update(timeline=new_tli, promote_requested=0)
+        log.info("archive recovery complete")
+        self.ctx.events.emit("promoted", tli=new_tli, switchpoint=format_lsn(end_lsn), prev_tli=old_tli)
+        self.transition(RecoveryState.DONE, "promoted")
+        return 0
+
+    def history_for(self, tli: int) -> list[TimelineHistoryEntry]:
+        """Entries of the history file of a timeline we are on (its ancestors)."""
+        out = []
+        for e in self.history:
+            if e.tli >= tli:
+                break
+            out.append(e)
+        return out
+
+
+def run_standby(ctx: ChildContext, cf: ControlFile) -> int:
+    return Standby(ctx, cf).run()
