@@ -125,6 +125,7 @@ class Standby:
     consistent: bool = False
     restore_pid: int | None = None
     restartpoint_ckpt: int = 0
+    failed_at: dict = field(default_factory=dict)   # file -> monotonic time of its last failed restore
 
     def __post_init__(self) -> None:
         from startup.policy import make_policy
@@ -308,6 +309,12 @@ class Standby:
         cmd = self.cfg["restore_command"]
         if not cmd:
             return False
+        # A file the archive did not have is asked for again no sooner than
+        # wal_retrieve_retry_interval later, whatever path leads back here.
+        interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
+        failed = self.failed_at.get(fname)
+        if failed is not None and time.monotonic() - failed < interval:
+            return False
         from walswitch.inject import inject
         inject("before_restore", self.ctx, file=fname)
         set_title(f"startup waiting for {fname}")
@@ -324,7 +331,10 @@ class Standby:
             raise Shutdown() from None
         self.ctx.events.emit("restore", file=fname, ok=res.ok, exit=res.exit_code, seconds=round(res.seconds, 4),
                              bytes=res.size, reason=res.reason, by="startup")
-        if res.ok:
+        if not res.ok:
+            self.failed_at[fname] = time.monotonic()
+        else:
+            self.failed_at.pop(fname, None)
             archive_status.mark_done(self.pg_wal, fname)
             inject("after_restore", self.ctx, file=fname)
         return res.ok

@@ -123,9 +123,16 @@ class Node:
                     v = "'" + v.replace("'", "''") + "'"
                 f.write(f"{k} = {v}\n")
 
-    def start(self, *extra: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    def start(self, *extra: str, check: bool = True, timeout: float = 60.0,
+              inject: str | None = None, wait_ready: bool = True) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env.pop("WALSWITCH_INJECT", None)
+        if inject:
+            env["WALSWITCH_INJECT"] = inject
+        if not wait_ready:
+            extra = (*extra, "--no-wait-ready")
         p = walswitch("start", "-D", self.datadir, "--detach", "-t", str(timeout), *extra, check=check,
-                      timeout=timeout + 10)
+                      timeout=timeout + 10, env=env)
         if p.returncode == 0:
             from postmaster import pidfile
             info = pidfile.read(self.datadir)

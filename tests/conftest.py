@@ -18,13 +18,15 @@ if str(ROOT) not in sys.path:
 from tests.cluster import Node, shm_objects, walswitch_processes  # noqa: E402
 
 
+SESSION_DATADIRS: list[str] = []
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks_at_end():
-    before_shm = set(shm_objects())
-    before_procs = {p.pid for p in walswitch_processes()}
+    """No process, segment or semaphore of any server this session started survives it."""
     yield
-    left_shm = set(shm_objects()) - before_shm
-    left_procs = [p for p in walswitch_processes() if p.pid not in before_procs]
+    left_procs = [p for d in SESSION_DATADIRS for p in walswitch_processes(d)]
+    left_shm = [o for d in SESSION_DATADIRS for o in shm_objects(d)]
     for p in left_procs:
         p.kill()
     assert not left_procs, f"walswitch processes left after the suite: {[p.cmdline() for p in left_procs]}"
@@ -39,6 +41,7 @@ class NodeFactory:
     def __call__(self, name: str = "node", **kw) -> Node:
         n = Node(self.base, name, **kw)
         self.nodes.append(n)
+        SESSION_DATADIRS.append(n.datadir)
         return n
 
     def primary(self, name: str = "primary", segsize_mb: int = 1, start: bool = True, **conf) -> Node:
@@ -46,6 +49,20 @@ class NodeFactory:
         n.init(segsize_mb, **conf)
         if start:
             n.start()
+        return n
+
+    def standby(self, primary: Node, name: str = "standby", start: bool = True, archive: str | None = None,
+                **conf) -> Node:
+        """A standby made by ``walswitch basebackup -R`` from a running primary."""
+        from tests.cluster import walswitch
+        n = self(name)
+        walswitch("basebackup", "-d", primary.dsn(), "-D", n.datadir, "-R")
+        if archive:
+            conf.setdefault("restore_command", f"cp {archive}/%f %p")
+        conf.setdefault("wal_retrieve_retry_interval", "1s")
+        n.set_conf(port=n.port, archive_mode="off", **conf)
+        if start:
+            n.start(wait_ready=False)
         return n
 
 
