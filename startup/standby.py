@@ -126,6 +126,8 @@ class Standby:
     restore_pid: int | None = None
     restartpoint_ckpt: int = 0
     failed_at: dict = field(default_factory=dict)   # file -> monotonic time of its last failed restore
+    restored_for: dict = field(default_factory=dict)  # file -> (reader position, time) of its last restore
+    fetch_pos: int = 0
 
     def __post_init__(self) -> None:
         from startup.policy import make_policy
@@ -315,6 +317,9 @@ class Standby:
         failed = self.failed_at.get(fname)
         if failed is not None and time.monotonic() - failed < interval:
             return False
+        again = self.restored_for.get(fname)
+        if again is not None and again[0] == self.fetch_pos and time.monotonic() - again[1] < interval:
+            return False  # restored before for this very position and it did not help
         from walswitch.inject import inject
         inject("before_restore", self.ctx, file=fname)
         set_title(f"startup waiting for {fname}")
@@ -335,6 +340,7 @@ class Standby:
             self.failed_at[fname] = time.monotonic()
         else:
             self.failed_at.pop(fname, None)
+            self.restored_for[fname] = (self.fetch_pos, time.monotonic())
             archive_status.mark_done(self.pg_wal, fname)
             inject("after_restore", self.ctx, file=fname)
         return res.ok
@@ -425,14 +431,19 @@ class Standby:
     def wait_for_wal(self, reader: WalReader) -> None:
         """Reader has no next record at reader.next_lsn: fetch more WAL (blocking) per state and policy."""
         pos = reader.next_lsn
-        segno = segno_of(pos, self.segsize)
         if reader.error:
+            # The source of the segment being read failed: fetch that segment anew.
+            need = max(pos, segment_start(self.reading[1], self.segsize))
             key = (pos, reader.error)
             if key != self.logged_error:
                 log.info("%s", reader.error)
                 self.ctx.events.emit("wal_invalid", lsn=format_lsn(pos), error=reader.error,
                                      source=WalSource(self.ctx.shared.recovery.get("wal_source")).name.lower())
                 self.logged_error = key
+        else:
+            need = reader.waiting_for if reader.waiting_for is not None else pos
+        segno = segno_of(need, self.segsize)
+        self.fetch_pos = pos
         interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
         conninfo = bool(self.cfg["primary_conninfo"])
         failed_here = bool(reader.error)
@@ -440,13 +451,13 @@ class Standby:
             self.check_interrupts()
             st = self.state
             if st == RecoveryState.STREAMING:
-                if not failed_here and self.stream_has(pos):
+                if not failed_here and self.stream_has(need):
                     reader.read_upto = self.ctx.shared.walrcv.get("flushed_lsn")
                     return
                 w = self.walrcv()
                 wst = WalRcvState(w["state"])
                 if not failed_here and wst in (WalRcvState.STREAMING, WalRcvState.STARTING, WalRcvState.RESTARTING):
-                    set_title(f"startup waiting for {segment_name(self.tli_of_lsn(pos), segno, self.segsize)}")
+                    set_title(f"startup waiting for {segment_name(self.tli_of_lsn(need), segno, self.segsize)}")
                     self.sleep(1.0)
                     continue
                 # The stream is gone (or what it gave us is invalid).
@@ -463,18 +474,17 @@ class Standby:
                         if self.walrcv_running():
                             self.policy.timeline_changed()
                 reader.read_upto = None
-                if not failed_here or self.policy.startup_restores:
-                    if self.try_archive(segno):
-                        self.transition(st, "restored from archive", WalSource.ARCHIVE)
-                        return
+                if self.try_archive(segno):
+                    self.transition(st, "restored from archive", WalSource.ARCHIVE)
+                    return
                 if not failed_here and self.pg_wal_has(segno) and self.last_pg_wal_try != (pos, segno):
                     self.last_pg_wal_try = (pos, segno)
                     self.transition(st, "segment present in pg_wal", WalSource.PG_WAL)
                     return
                 failed_here = False
                 if conninfo:
-                    self.policy.archive_dry(pos)
-                    if self.stream_has(pos):
+                    self.policy.archive_dry(need)
+                    if self.stream_has(need):
                         self.transition(RecoveryState.STREAMING, "walreceiver has the WAL", WalSource.STREAM)
                         continue
                     if st == RecoveryState.ARCHIVE_RECOVERY:
@@ -482,7 +492,7 @@ class Standby:
                 self.transition(RecoveryState.WAIT_RETRY, "no WAL available from any source")
                 continue
             if st == RecoveryState.WAIT_RETRY:
-                if conninfo and self.stream_has(pos):
+                if conninfo and self.stream_has(need):
                     self.transition(RecoveryState.STREAMING, "walreceiver has the WAL", WalSource.STREAM)
                     continue
                 remaining = self.last_round + interval - time.monotonic()
@@ -490,8 +500,8 @@ class Standby:
                     self.transition(RecoveryState.RETRY_ARCHIVE, "wal_retrieve_retry_interval passed")
                     continue
                 if conninfo and not self.walrcv_running() and not self.policy.startup_restores:
-                    self.policy.archive_dry(pos)
-                set_title(f"startup waiting for {segment_name(self.tli_of_lsn(pos), segno, self.segsize)}")
+                    self.policy.archive_dry(need)
+                set_title(f"startup waiting for {segment_name(self.tli_of_lsn(need), segno, self.segsize)}")
                 self.sleep(max(0.01, min(remaining if remaining > 0 else 0.2, 1.0)))
                 continue
             raise RuntimeError(f"wait_for_wal in state {st.name}")

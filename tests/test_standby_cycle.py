@@ -13,43 +13,22 @@ import pytest
 
 from tests.cluster import wait_for
 from tests.invariants import ReplayWatch, check_data_equal, check_segments_identical, wait_streaming
+from tests.standby_helpers import archived, make_primary, wait_archived, write_rows
 
 RETRY_S = 1.0
-
-
-def write_rows(node, start: int, n: int, size: int = 300, switch_every: int = 0) -> None:
-    with node.connect() as c, c.cursor() as cur:
-        for i in range(start, start + n):
-            cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"k{i:06d}", f"v{i}-" + "x" * size))
-            if switch_every and i % switch_every == switch_every - 1:
-                cur.execute("SELECT pg_switch_wal()")
-    # psycopg2's connection context manager does not close; the helper's sql() does.
-
-
-def archived(archive: str) -> set[str]:
-    return {f for f in os.listdir(archive) if len(f) == 24}
-
-
-def make_primary(nodes, tmp_path):
-    archive = str(tmp_path / "archive")
-    os.makedirs(archive)
-    p = nodes.primary("primary", archive_mode="on", archive_command=f"cp %p {archive}/%f",
-                      wal_keep_size=0, checkpoint_timeout="30s")
-    return p, archive
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("coordination", ["stop_walreceiver"])
 def test_seed_cycle(nodes, tmp_path, coordination):
-    primary, archive = make_primary(nodes, tmp_path)
+    primary, archive = make_primary(nodes, tmp_path, checkpoint_timeout="30s")
     write_rows(primary, 0, 200)
     standby = nodes.standby(primary, "standby", start=False, archive=archive,
                             standby_wal_coordination=coordination)
     # The primary keeps writing and archiving, then removes the old WAL.
     write_rows(primary, 200, 600, switch_every=150)
     primary.sql("SELECT pg_switch_wal()")
-    wait_for(lambda: not [f for f in os.listdir(os.path.join(primary.datadir, "pg_wal", "archive_status"))
-                          if f.endswith(".ready")], 30, "archiver to catch up")
+    wait_archived(primary)
     primary.sql("CHECKPOINT")
     n_archived = len(archived(archive))
     assert n_archived >= 3

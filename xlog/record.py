@@ -25,7 +25,7 @@ from .lsn import DEFAULT_SEGSIZE, advance, format_lsn, maxalign, segment_start, 
 
 __all__ = [
     "WalError", "build_record", "record_crc", "DecodedRecord", "BlockRef", "decode_record",
-    "CheckPoint", "EndOfRecovery", "XactCommit", "XactAbort", "KvPut", "KvDelete",
+    "CheckPoint", "EndOfRecovery", "OverwriteContrecord", "XactCommit", "XactAbort", "KvPut", "KvDelete",
     "decode_payload", "timestamptz_now", "timestamptz_from_unix", "timestamptz_to_unix",
     "checkpoint_record", "end_of_recovery_record", "commit_record", "abort_record",
     "kv_put_record", "kv_delete_record", "switch_record",
@@ -162,89 +162,78 @@ def _shortdata(lsn: int) -> WalError:
     return WalError(f"record with invalid length at {format_lsn(lsn)}", lsn)
 
 
+# Hot-loop constants as plain globals (no attribute lookups per fragment).
+_ID_SHORT = C.XLR_BLOCK_ID_DATA_SHORT
+_ID_LONG = C.XLR_BLOCK_ID_DATA_LONG
+_ID_ORIGIN = C.XLR_BLOCK_ID_ORIGIN
+_ID_TOPXID = C.XLR_BLOCK_ID_TOPLEVEL_XID
+_MAX_ID = C.XLR_MAX_BLOCK_ID
+_HAS_IMAGE = C.BKPBLOCK_HAS_IMAGE
+_HAS_DATA = C.BKPBLOCK_HAS_DATA
+_SAME_REL = C.BKPBLOCK_SAME_REL
+_HAS_HOLE = C.BKPIMAGE_HAS_HOLE
+_APPLY = C.BKPIMAGE_APPLY
+_COMPRESSED = C.BKPIMAGE_COMPRESS_MASK
+_BLCKSZ = C.BLCKSZ
+_FORK_FLAGS = struct.Struct("<BH")  # fork_flags, data_length
+_new_tuple = tuple.__new__  # builds a BlockRef without NamedTuple's Python-level __new__ (hot path)
+_IMG = struct.Struct("<HHB")  # length, hole_offset, bimg_info
+
+
 def decode_body(lsn: int, end_lsn: int, next_lsn: int, tot_len: int, xid: int, prev: int,
                 info: int, rmid: int, crc: int, body: bytes) -> DecodedRecord:
     """DecodeXLogRecord over the bytes after the 24-byte header (CRC already checked)."""
     n = len(body)
     # Fast path: the common "main data only" record.
-    if n and body[0] == C.XLR_BLOCK_ID_DATA_SHORT:
-        if n >= 2 and n - 2 == body[1]:
-            return DecodedRecord(lsn, end_lsn, next_lsn, tot_len, xid, prev, info, rmid, crc, body[2:])
+    if n >= 2 and body[0] == _ID_SHORT and n - 2 == body[1]:
+        return DecodedRecord(lsn, end_lsn, next_lsn, tot_len, xid, prev, info, rmid, crc, body[2:])
     pos = 0
     datatotal = 0
     main_len = 0
     blocks: list[BlockRef] = []
     max_block_id = -1
-    rel: tuple[int, int, int] | None = None
+    spc = db = relnode = -1
     origin = 0
     toplevel = 0
     fpi_len = 0
     while n - pos > datatotal:
         block_id = body[pos]
         pos += 1
-        if block_id == C.XLR_BLOCK_ID_DATA_SHORT:
-            if n - pos < 1:
-                raise _shortdata(lsn)
-            main_len = body[pos]
-            pos += 1
-            datatotal += main_len
-            break  # by convention the main data fragment is always last
-        elif block_id == C.XLR_BLOCK_ID_DATA_LONG:
-            if n - pos < 4:
-                raise _shortdata(lsn)
-            main_len = _U32.unpack_from(body, pos)[0]
-            pos += 4
-            datatotal += main_len
-            break
-        elif block_id == C.XLR_BLOCK_ID_ORIGIN:
-            if n - pos < 2:
-                raise _shortdata(lsn)
-            origin = _U16.unpack_from(body, pos)[0]
-            pos += 2
-        elif block_id == C.XLR_BLOCK_ID_TOPLEVEL_XID:
-            if n - pos < 4:
-                raise _shortdata(lsn)
-            toplevel = _U32.unpack_from(body, pos)[0]
-            pos += 4
-        elif block_id <= C.XLR_MAX_BLOCK_ID:
+        if block_id <= _MAX_ID:
             if block_id <= max_block_id:
                 raise WalError(f"out-of-order block_id {block_id} at {format_lsn(lsn)}", lsn)
             max_block_id = block_id
             if n - pos < 3:
                 raise _shortdata(lsn)
-            fork_flags = body[pos]
-            data_len = _U16.unpack_from(body, pos + 1)[0]
+            fork_flags, data_len = _FORK_FLAGS.unpack_from(body, pos)
             pos += 3
-            has_image = (fork_flags & C.BKPBLOCK_HAS_IMAGE) != 0
-            has_data = (fork_flags & C.BKPBLOCK_HAS_DATA) != 0
+            has_data = fork_flags & _HAS_DATA
             if has_data and data_len == 0:
                 raise WalError(f"BKPBLOCK_HAS_DATA set, but no data included at {format_lsn(lsn)}", lsn)
             if not has_data and data_len != 0:
                 raise WalError(f"BKPBLOCK_HAS_DATA not set, but data length is {data_len} at {format_lsn(lsn)}",
                                lsn)
             datatotal += data_len
-            bimg_len = hole_offset = hole_length = bimg_info = 0
-            apply_image = False
-            if has_image:
+            if fork_flags & _HAS_IMAGE:
                 if n - pos < 5:
                     raise _shortdata(lsn)
-                bimg_len, hole_offset = struct.unpack_from("<HH", body, pos)
-                bimg_info = body[pos + 4]
+                bimg_len, hole_offset, bimg_info = _IMG.unpack_from(body, pos)
                 pos += 5
-                apply_image = (bimg_info & C.BKPIMAGE_APPLY) != 0
-                compressed = (bimg_info & C.BKPIMAGE_COMPRESS_MASK) != 0
+                compressed = bimg_info & _COMPRESSED
+                has_hole = bimg_info & _HAS_HOLE
                 if compressed:
-                    if bimg_info & C.BKPIMAGE_HAS_HOLE:
+                    if has_hole:
                         if n - pos < 2:
                             raise _shortdata(lsn)
                         hole_length = _U16.unpack_from(body, pos)[0]
                         pos += 2
+                    else:
+                        hole_length = 0
                 else:
-                    hole_length = C.BLCKSZ - bimg_len
+                    hole_length = _BLCKSZ - bimg_len
                 datatotal += bimg_len
                 fpi_len += bimg_len
-                has_hole = (bimg_info & C.BKPIMAGE_HAS_HOLE) != 0
-                if has_hole and (hole_offset == 0 or hole_length == 0 or bimg_len == C.BLCKSZ):
+                if has_hole and (hole_offset == 0 or hole_length == 0 or bimg_len == _BLCKSZ):
                     raise WalError(
                         f"BKPIMAGE_HAS_HOLE set, but hole offset {hole_offset} length {hole_length} "
                         f"block image length {bimg_len} at {format_lsn(lsn)}", lsn)
@@ -252,30 +241,58 @@ def decode_body(lsn: int, end_lsn: int, next_lsn: int, tot_len: int, xid: int, p
                     raise WalError(
                         f"BKPIMAGE_HAS_HOLE not set, but hole offset {hole_offset} length {hole_length} "
                         f"at {format_lsn(lsn)}", lsn)
-                if compressed and bimg_len == C.BLCKSZ:
+                if compressed and bimg_len == _BLCKSZ:
                     raise WalError(f"BKPIMAGE_COMPRESSED set, but block image length {bimg_len} "
                                    f"at {format_lsn(lsn)}", lsn)
-                if not has_hole and not compressed and bimg_len != C.BLCKSZ:
+                if not has_hole and not compressed and bimg_len != _BLCKSZ:
                     # PostgreSQL 15 prints data_len here (sic); we mirror it.
                     raise WalError(
                         "neither BKPIMAGE_HAS_HOLE nor BKPIMAGE_COMPRESSED set, but block image length "
                         f"is {data_len} at {format_lsn(lsn)}", lsn)
-            if not (fork_flags & C.BKPBLOCK_SAME_REL):
+                has_image = True
+                apply_image = (bimg_info & _APPLY) != 0
+            else:
+                has_image = apply_image = False
+                bimg_len = hole_offset = hole_length = bimg_info = 0
+            if not fork_flags & _SAME_REL:
                 if n - pos < 16:
                     raise _shortdata(lsn)
                 spc, db, relnode, blkno = _RFN_BLK.unpack_from(body, pos)
                 pos += 16
-                rel = (spc, db, relnode)
             else:
-                if rel is None:
+                if spc < 0:
                     raise WalError(f"BKPBLOCK_SAME_REL set but no previous rel at {format_lsn(lsn)}", lsn)
                 if n - pos < 4:
                     raise _shortdata(lsn)
                 blkno = _U32.unpack_from(body, pos)[0]
                 pos += 4
-            blocks.append(BlockRef(block_id, rel[0], rel[1], rel[2], fork_flags & C.BKPBLOCK_FORK_MASK,
-                                   blkno, has_image, bimg_len, data_len, apply_image, bimg_info,
-                                   hole_offset, hole_length, fork_flags & C.BKPBLOCK_FLAG_MASK))
+            blocks.append(_new_tuple(BlockRef, (block_id, spc, db, relnode, fork_flags & 0x0F, blkno, has_image,
+                                                bimg_len, data_len, apply_image, bimg_info, hole_offset,
+                                                hole_length, fork_flags & 0xF0)))
+        elif block_id == _ID_SHORT:
+            if n - pos < 1:
+                raise _shortdata(lsn)
+            main_len = body[pos]
+            pos += 1
+            datatotal += main_len
+            break  # by convention the main data fragment is always last
+        elif block_id == _ID_LONG:
+            if n - pos < 4:
+                raise _shortdata(lsn)
+            main_len = _U32.unpack_from(body, pos)[0]
+            pos += 4
+            datatotal += main_len
+            break
+        elif block_id == _ID_ORIGIN:
+            if n - pos < 2:
+                raise _shortdata(lsn)
+            origin = _U16.unpack_from(body, pos)[0]
+            pos += 2
+        elif block_id == _ID_TOPXID:
+            if n - pos < 4:
+                raise _shortdata(lsn)
+            toplevel = _U32.unpack_from(body, pos)[0]
+            pos += 4
         else:
             raise WalError(f"invalid block_id {block_id} at {format_lsn(lsn)}", lsn)
     if n - pos != datatotal:
@@ -391,6 +408,26 @@ class EndOfRecovery:
         return cls(*_EOR.unpack_from(data, 0))
 
 
+_OVERWRITE = struct.Struct("<Qq")
+
+
+@dataclass(slots=True)
+class OverwriteContrecord:
+    """xl_overwrite_contrecord: overwritten_lsn (the aborted record), overwrite_time."""
+
+    overwritten_lsn: int
+    overwrite_time: int
+
+    def pack(self) -> bytes:
+        return _OVERWRITE.pack(self.overwritten_lsn, self.overwrite_time)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "OverwriteContrecord":
+        if len(data) < _OVERWRITE.size:
+            raise WalError(f"overwrite-contrecord record data too short: {len(data)} bytes")
+        return cls(*_OVERWRITE.unpack_from(data, 0))
+
+
 _XACT_TIME = struct.Struct("<q")
 
 
@@ -474,7 +511,7 @@ class KvDelete:
         return cls(data[4:].decode("utf-8"))
 
 
-Payload = Union[CheckPoint, EndOfRecovery, XactCommit, XactAbort, KvPut, KvDelete]
+Payload = Union[CheckPoint, EndOfRecovery, OverwriteContrecord, XactCommit, XactAbort, KvPut, KvDelete]
 
 
 def decode_payload(rec: DecodedRecord) -> Payload | None:
@@ -496,6 +533,8 @@ def decode_payload(rec: DecodedRecord) -> Payload | None:
             return CheckPoint.unpack(rec.main_data)
         if op == C.XLOG_END_OF_RECOVERY:
             return EndOfRecovery.unpack(rec.main_data)
+        if op == C.XLOG_OVERWRITE_CONTRECORD:
+            return OverwriteContrecord.unpack(rec.main_data)
     return None
 
 

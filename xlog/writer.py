@@ -25,7 +25,7 @@ from .errors import WalError
 from .lsn import (XLOG_BLCKSZ, format_lsn, page_header_size_at, segment_name, segno_of,
                   skip_page_header, valid_segsize)
 from .page import pack_page_header, validate_page_header
-from .record import build_record
+from .record import OverwriteContrecord, build_record, timestamptz_now
 
 SegmentCallback = Callable[[int, str], None]
 
@@ -59,8 +59,12 @@ def _write_zeros(fd: int, offset: int, length: int) -> None:
         length -= n
 
 
-def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None]) -> str:
-    """Create pg_wal/final_name durably: temp file, fill, fsync, rename, fsync dir."""
+def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None], replace: bool) -> str:
+    """Create pg_wal/final_name durably: temp file, fill, fsync, rename, fsync dir.
+
+    Without `replace`, an existing file wins (link, not rename, so a file
+    someone else installed meanwhile, and may be writing, is never clobbered).
+    """
     path = os.path.join(pg_wal, final_name)
     tmp = os.path.join(pg_wal, f"xlogtemp.{os.getpid()}")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -72,18 +76,40 @@ def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None]) -> 
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.rename(tmp, path)
+    if replace:
+        os.rename(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
     fsync_dir(pg_wal)
     return path
 
 
 def init_segment_file(pg_wal: str, tli: int, segno: int, segsize: int) -> str:
-    """XLogFileInit: a zero-filled segment file, created durably if it does not exist."""
+    """XLogFileInit: a zero-filled segment file, created durably if it does not exist.
+
+    An existing file is used as it is (PostgreSQL reuses recycled segments;
+    readers tell old contents by their page addresses), but one shorter than
+    a segment is extended with zeros.
+    """
     name = segment_name(tli, segno, segsize)
     path = os.path.join(pg_wal, name)
-    if os.path.exists(path):
-        return path
-    return _install_file(pg_wal, name, lambda fd: _write_zeros(fd, 0, segsize))
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return _install_file(pg_wal, name, lambda fd: _write_zeros(fd, 0, segsize), replace=False)
+    if size < segsize:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            _write_zeros(fd, size, segsize - size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
 
 
 def copy_segment_prefix(pg_wal: str, src_tli: int, dst_tli: int, segno: int, upto_lsn: int,
@@ -107,7 +133,8 @@ def copy_segment_prefix(pg_wal: str, src_tli: int, dst_tli: int, segno: int, upt
         _pwrite_all(fd, head, 0)
         _write_zeros(fd, n, segsize - n)
 
-    return _install_file(pg_wal, segment_name(dst_tli, segno, segsize), fill)
+    # As XLogFileCopy: whatever the new timeline's file held before is replaced.
+    return _install_file(pg_wal, segment_name(dst_tli, segno, segsize), fill, replace=True)
 
 
 class WalWriter:
@@ -136,6 +163,7 @@ class WalWriter:
         self._dirty: set[int] = set()
         self._next_report = segno_of(start_lsn, segsize)
         self._closed = False
+        self._overwrite_page = -1
         if start_lsn % XLOG_BLCKSZ:
             self._buf += self._read_back_partial_page(start_lsn)
 
@@ -190,7 +218,10 @@ class WalWriter:
             po = pos % XLOG_BLCKSZ
             if po == 0:
                 # New page: its header says how much of a continued record is left.
-                hdr = pack_page_header(pos, self.tli, self.segsize, self.sysid, n - off if off else 0)
+                extra = C.XLP_BKP_REMOVABLE
+                if pos == self._overwrite_page:
+                    extra |= C.XLP_FIRST_IS_OVERWRITE_CONTRECORD
+                hdr = pack_page_header(pos, self.tli, self.segsize, self.sysid, n - off if off else 0, extra)
                 buf += hdr
                 pos += len(hdr)
                 po = len(hdr)
@@ -208,6 +239,23 @@ class WalWriter:
             buf += _ZEROS[:pad]
             pos += pad
         self._pos = pos
+
+    def insert_overwrite_contrecord(self, aborted_lsn: int, overwrite_time: int | None = None
+                                    ) -> tuple[int, int]:
+        """XLOG_OVERWRITE_CONTRECORD, as CreateOverwriteContrecordRecord after a crash.
+
+        When WAL ended inside a record spanning pages (reader.aborted_record_lsn),
+        new WAL starts at the page where the record's continuation was missing
+        (reader.missing_contrecord_lsn; create the writer there with prev_lsn =
+        the last valid record). This must be the first record: its page gets
+        XLP_FIRST_IS_OVERWRITE_CONTRECORD, so readers skip the aborted record.
+        """
+        if self._pos % XLOG_BLCKSZ or self._pos != self._written or self._buf:
+            raise ValueError("the overwrite-contrecord record must be first, at a page boundary")
+        t = timestamptz_now() if overwrite_time is None else overwrite_time
+        self._overwrite_page = self._pos
+        return self.insert(C.RM_XLOG_ID, C.XLOG_OVERWRITE_CONTRECORD, C.INVALID_XID,
+                           OverwriteContrecord(aborted_lsn, t).pack())
 
     def switch(self) -> int:
         """XLOG_SWITCH: end the segment, flush; returns the next segment's start.
@@ -241,7 +289,7 @@ class WalWriter:
     def write(self) -> None:
         """Write buffered WAL to the segment files (whole pages; no fsync)."""
         end = self._pos
-        if end == self._written and not self._buf:
+        if end == self._written:
             return
         start = self._buf_start
         mv = memoryview(self._buf)
@@ -283,12 +331,13 @@ class WalWriter:
         self._flushed = self._written
         while (self._next_report + 1) * self.segsize <= self._flushed:
             segno = self._next_report
-            self._next_report += 1
             fd = self._fds.pop(segno, None)
             if fd is not None:
                 os.close(fd)
             if self._on_complete is not None:
+                # If the callback fails, the segment is reported again at the next flush.
                 self._on_complete(segno, self._path(segno))
+            self._next_report = segno + 1
         return self._flushed
 
     def close(self, flush: bool = True) -> None:
