@@ -10,8 +10,8 @@ Only what a physical walsender needs; the grammar follows PostgreSQL 15::
     BASE_BACKUP [( option [value] [, ...] )]                         (options: see walsender.py)
     CREATE_REPLICATION_SLOT / DROP_REPLICATION_SLOT / READ_REPLICATION_SLOT  (refused later)
 
-each optionally followed by a semicolon.  Keywords are matched without
-regard to case.  A string whose first word is not a replication keyword is
+each optionally followed by a semicolon.  Keywords are upper case only, as
+in PostgreSQL's scanner (``identify_system`` is not a replication command).  A string whose first word is not a replication keyword is
 ``NotReplicationCommand`` (PostgreSQL answers those with "cannot execute SQL
 commands in WAL sender for physical replication"); a replication command
 that does not parse raises ``SQLError('42601', 'syntax error')`` as
@@ -86,7 +86,7 @@ class Tok:
     text: str
 
     def is_kw(self, kw: str) -> bool:
-        return self.kind == "ident" and self.text.upper() == kw
+        return self.kind == "ident" and self.text == kw
 
 
 def _syntax_error() -> SQLError:
@@ -177,14 +177,14 @@ def parse(text: str) -> object:
     try:
         toks = tokenize(text)
     except SQLError:
-        first = text.strip().split(None, 1)[0].upper() if text.strip() else ""
+        first = text.strip().split(None, 1)[0] if text.strip() else ""
         if first.rstrip(";") not in KEYWORDS:
             raise NotReplicationCommand(text) from None
         raise
-    if not toks or toks[0].kind != "ident" or toks[0].text.upper() not in KEYWORDS:
+    if not toks or toks[0].kind != "ident" or toks[0].text not in KEYWORDS:
         raise NotReplicationCommand(text)
     p = _Parser(toks)
-    kw = p.take().text.upper()
+    kw = p.take().text
     if kw == "IDENTIFY_SYSTEM":
         p.end()
         return IdentifySystem()
