@@ -377,6 +377,14 @@ class Standby:
         return (WalRcvState(w["state"]) in (WalRcvState.STREAMING, WalRcvState.WAITING, WalRcvState.RESTARTING)
                 and w["flushed_lsn"] > pos and w["received_tli"] in self.tli_for_segment(segno_of(pos, self.segsize)))
 
+    def stream_ready(self, pos: int) -> bool:
+        """Is streaming established for pos: WAL there already, or a live stream that will bring it?"""
+        if self.stream_has(pos):
+            return True
+        w = self.walrcv()
+        return (WalRcvState(w["state"]) == WalRcvState.STREAMING and w["receive_start"] <= pos
+                and w["received_tli"] in self.tli_for_segment(segno_of(pos, self.segsize)))
+
     def request_walreceiver(self, pos: int) -> None:
         """Ask for streaming from the start of pos's segment (as PostgreSQL's RequestXLogStreaming)."""
         start = segment_start(segno_of(pos, self.segsize), self.segsize)
@@ -484,7 +492,7 @@ class Standby:
                 failed_here = False
                 if conninfo:
                     self.policy.archive_dry(need)
-                    if self.stream_has(need):
+                    if self.stream_ready(need):
                         self.transition(RecoveryState.STREAMING, "walreceiver has the WAL", WalSource.STREAM)
                         continue
                     if st == RecoveryState.ARCHIVE_RECOVERY:
@@ -492,8 +500,8 @@ class Standby:
                 self.transition(RecoveryState.WAIT_RETRY, "no WAL available from any source")
                 continue
             if st == RecoveryState.WAIT_RETRY:
-                if conninfo and self.stream_has(need):
-                    self.transition(RecoveryState.STREAMING, "walreceiver has the WAL", WalSource.STREAM)
+                if conninfo and self.stream_ready(need):
+                    self.transition(RecoveryState.STREAMING, "streaming established", WalSource.STREAM)
                     continue
                 remaining = self.last_round + interval - time.monotonic()
                 if remaining <= 0 and self.policy.may_retry_archive():
@@ -520,6 +528,7 @@ class Standby:
         self.install_signals()
         log.info("entering standby mode")
         self.ctx.events.emit("standby_start", coordination=self.policy.name)
+        self.pmsignal(recovery_started=1)
         self.setup_timeline()
         if self.cf.state not in (DBState.IN_ARCHIVE_RECOVERY, DBState.SHUTDOWNED_IN_RECOVERY):
             self.cf = self.cf.with_changes(state=DBState.IN_ARCHIVE_RECOVERY)
@@ -529,7 +538,6 @@ class Standby:
         self.redo = Redo(self.store, self.cf.timeline)
         self.reading = (self.cf.timeline, segno_of(self.cf.checkpoint_lsn, self.segsize))
         self.transition(RecoveryState.ARCHIVE_RECOVERY, "standby mode", WalSource.ARCHIVE)
-        self.pmsignal(recovery_started=1)
         with self.ctx.shared.xlog.locked() as x:
             x.set(system_identifier=self.cf.system_identifier, wal_segsize=self.segsize,
                   timeline=self.cf.timeline, in_recovery=1, accepting_writes=0)
