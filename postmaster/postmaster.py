@@ -136,6 +136,7 @@ class Postmaster:
         self.handoff_child: socket.socket | None = None
         self.crash_deadline: float | None = None
         self.startup_signaled = False
+        self.walreceiver_requested = False
 
     # ------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -500,7 +501,12 @@ class Postmaster:
             log.info("database system is ready to accept read-only connections")
             self.transition(PMState.HOT_STANDBY, "consistent recovery state reached")
         if self.state in (PMState.RECOVERY, PMState.HOT_STANDBY, PMState.STARTUP) and self.shutdown_mode is None:
-            if flags["start_walreceiver"] and not self.by_role("walreceiver"):
+            # A request stays pending while the previous walreceiver is still exiting
+            # (PostgreSQL's WalReceiverRequested).
+            if flags["start_walreceiver"]:
+                self.walreceiver_requested = True
+            if self.walreceiver_requested and not self.by_role("walreceiver"):
+                self.walreceiver_requested = False
                 self.start_walreceiver()
             if flags["stop_walreceiver"]:
                 for c in self.by_role("walreceiver"):

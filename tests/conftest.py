@@ -60,7 +60,8 @@ class NodeFactory:
         if archive:
             conf.setdefault("restore_command", f"cp {archive}/%f %p")
         conf.setdefault("wal_retrieve_retry_interval", "1s")
-        n.set_conf(port=n.port, archive_mode="off", **conf)
+        conf.setdefault("archive_mode", "off")
+        n.set_conf(port=n.port, **conf)
         if start:
             n.start(wait_ready=False)
         return n
