@@ -116,6 +116,11 @@ class KVStore:
         row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def lookup(self, key: str) -> tuple[bool, str | None]:
+        """(found, value): tells a missing key from a NULL value."""
+        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return (True, row[0]) if row else (False, None)
+
     def exists(self, key: str) -> bool:
         return self.conn.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone() is not None
 

@@ -51,6 +51,10 @@ class Redo:
                 self.pending.append((changes, rec.next_lsn))
                 if len(self.pending) >= self.batch:
                     self.flush()
+        elif rec.rmid == C.RM_XLOG_ID and rec.rm_info in (C.XLOG_CHECKPOINT_SHUTDOWN, C.XLOG_END_OF_RECOVERY):
+            # Nothing survives a shutdown or an end of recovery: transactions still
+            # open here were lost in a crash of the primary and will never commit.
+            self.open_xacts.clear()
         self.last_end_lsn = rec.next_lsn
 
     def flush(self) -> None:

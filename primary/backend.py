@@ -1,0 +1,552 @@
+"""The backend: one process serving every normal client connection; the single WAL inserter.
+
+States::
+
+    STARTING ──primary (xlog.in_recovery = 0)──> SERVING read-write (owns the WalWriter)
+             └─standby (in_recovery = 1)────────> SERVING read-only (hot standby)
+    SERVING ──SIGINT (smart)──> DRAINING: no new sessions; exit when the last one ends
+    SERVING/DRAINING ──SIGTERM (fast)──> sessions get FATAL 57P01, open transactions abort
+    then, on a primary: shutdown checkpoint (control file SHUTDOWNED) ──> exit 0
+    any ──postmaster death (EOF on ctx.death_fd)──> exit 1 at once
+
+Who wakes it: its ``selectors`` loop over the listening socket, the client
+sockets, the postmaster-death pipe and a signal self-pipe, with a timeout of
+at most 100 ms for timers (checkpoint_timeout, archive_timeout, pg_promote
+waits) and for ``shared.pm checkpoint_requested``.  Nobody needs to set its
+latch; it drains ``shared.latches['backend']`` each round.
+
+What it owns: the WalWriter (on a primary), the key/value store's write
+connection, xid assignment, the sessions.  Group commit: within one loop
+round every session that commits only inserts its commit record; then one
+``flush()`` (fdatasync), one SQLite transaction applying all of them
+(``apply_many``), publication of insert/write/flush positions in
+``shared.xlog``, walsender latches set, and only then the CommandCompletes
+go out.  A commit is never acknowledged before its WAL is durable.
+
+Replication connections (``replication=true|database``) are handed to the
+postmaster over ``ctx.extra['handoff_sock']`` (SCM_RIGHTS); it forks a
+walsender.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+from primary import checkpoint as ckpt
+from primary import protocol as P
+from primary.kvstore import KVStore, kv_path
+from primary.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
+from primary.sql import CommitWait, Engine, Panic, SQLError, Txn
+from walswitch import elog
+from walswitch.proc import ChildContext, child_start
+from xlog import archive_status
+from xlog.control import ControlFileError, read_control
+from xlog.lsn import advance, format_lsn, is_segment_name, parse_segment_name, segment_name, segno_of
+from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record
+from xlog.writer import WalWriter
+
+log = elog.logger()
+
+LOOP_TIMEOUT = 0.1
+FIRST_NORMAL_XID = 3
+
+
+class Backend(Engine):
+    def __init__(self, ctx: ChildContext):
+        self.ctx = ctx
+        self.datadir = ctx.datadir
+        self.config = ctx.config
+        self.shared = ctx.shared
+        self.pg_wal = os.path.join(self.datadir, "pg_wal")
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, Connection] = {}
+        self.commit_queue: list[tuple[Connection, CommitWait]] = []
+        self.unapplied: list[CommitWait] = []
+        self.sleepers: list[Connection] = []
+        self.shutdown_mode: str | None = None
+        self.reload_pending = False
+        self.writer: WalWriter | None = None
+        self.store: KVStore | None = None
+        self.next_full_xid = FIRST_NORMAL_XID
+        self.ckpt_stats = ckpt.CheckpointStats()
+        self.last_ckpt_request = 0
+        self.last_switch_time = time.monotonic()
+        # "Important" WAL (PostgreSQL's term): anything but checkpoints and switches.  An idle
+        # server neither checkpoints on checkpoint_timeout nor switches on archive_timeout.
+        self.important_since_ckpt = False
+        self.important_since_switch = False
+        self.listen_sock: socket.socket | None = ctx.extra.get("listen_sock")
+        self.handoff_sock: socket.socket | None = ctx.extra.get("handoff_sock")
+        self.owns_shutdown_checkpoint = bool(ctx.extra.get("shutdown_checkpoint", True))
+        self._segsize = 0
+        self.sig_r = self.sig_w = -1
+        self.next_sweep = 0.0
+
+    # ------------------------------------------------------------ Engine interface
+    def in_recovery(self) -> bool:
+        if self.writer is not None:
+            return False
+        return bool(self.shared.xlog.get("in_recovery"))
+
+    def segsize(self) -> int:
+        return self._segsize or int(self.shared.xlog.get("wal_segsize") or 16 << 20)
+
+    def timeline(self) -> int:
+        return self.writer.tli if self.writer is not None else int(self.shared.xlog.get("timeline") or 1)
+
+    def _writer(self) -> WalWriter:
+        if self.writer is None:
+            raise SQLError("25006", "cannot execute this in a read-only transaction")
+        return self.writer
+
+    def assign_xid(self) -> int:
+        full = self.next_full_xid
+        nxt = full + 1
+        if nxt & 0xFFFFFFFF < FIRST_NORMAL_XID:          # wrapped: next epoch starts at 3
+            nxt = (nxt & ~0xFFFFFFFF) + FIRST_NORMAL_XID
+        self.next_full_xid = nxt
+        return full & 0xFFFFFFFF
+
+    def _insert(self, spec: tuple[int, int, int, bytes]) -> tuple[int, int]:
+        try:
+            r = self._writer().insert(*spec)
+        except OSError as e:
+            raise Panic(f"could not write to WAL: {e}") from e
+        self.important_since_ckpt = self.important_since_switch = True
+        return r
+
+    def log_change(self, txn: Txn, op: str, key: str, value: str | None) -> None:
+        if not txn.xid:
+            txn.xid = self.assign_xid()
+        spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
+        start, _end = self._insert(spec)
+        if txn.first_lsn is None:
+            txn.first_lsn = start
+
+    def log_commit(self, txn: Txn) -> CommitWait | None:
+        if not txn.xid:
+            return None
+        _start, end = self._insert(commit_record(txn.xid))
+        return CommitWait(txn, end)
+
+    def log_abort(self, txn: Txn) -> None:
+        if txn.xid and self.writer is not None:
+            self._insert(abort_record(txn.xid))
+
+    def wal_position(self, which: str) -> int:
+        w = self._writer()
+        return {"insert": w.insert_lsn, "write": w.write_lsn, "flush": w.flush_lsn}[which]
+
+    def switch_wal(self) -> int:
+        w = self._writer()
+        self.apply_pending()
+        before = w.insert_lsn
+        try:
+            if before % w.segsize == 0:
+                w.flush()
+                result = before
+            else:
+                start = w.next_record_lsn
+                w.switch()
+                result = advance(start, 24, w.segsize)   # end of the switch record, as PostgreSQL returns
+        except OSError as e:
+            raise Panic(f"could not switch WAL: {e}") from e
+        self.last_switch_time = time.monotonic()
+        self.important_since_switch = False
+        self.shared.xlog.update(last_switch_mono_us=int(self.last_switch_time * 1e6))
+        self.publish()
+        if result != before:
+            self.ctx.events.emit("switch", lsn=format_lsn(result),
+                                 segment=segment_name(w.tli, segno_of(before, w.segsize), w.segsize))
+        return result
+
+    def checkpoint(self) -> None:
+        if self.writer is None:
+            # On a standby CHECKPOINT asks for a restartpoint (the startup process's business).
+            self.bump_checkpoint_request()
+            return
+        ckpt.create_checkpoint(self, "immediate force wait")
+
+    def bump_checkpoint_request(self) -> None:
+        pm = self.shared.pm
+        with pm.locked():
+            pm.set(checkpoint_requested=pm.get("checkpoint_requested") + 1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.shared.postmaster_pid:
+                os.kill(self.shared.postmaster_pid, signal.SIGUSR1)
+
+    def request_promote(self) -> None:
+        with self.shared.recovery.locked() as r:
+            r.set(promote_requested=1)
+        with self.shared.pm.locked() as pm:
+            pm.set(promote_requested=1)
+        pid = self.shared.postmaster_pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGUSR1)
+
+    # ------------------------------------------------------------ transactions in flight
+    def open_transaction_lsns(self) -> list[int]:
+        out = []
+        for c in self.conns.values():
+            if c.session is not None:
+                lsn = c.session.in_progress_first_lsn()
+                if lsn is not None:
+                    out.append(lsn)
+        return out
+
+    def oldest_open_xid(self) -> int:
+        xids = [c.session.txn.xid for c in self.conns.values()
+                if c.session is not None and c.session.txn is not None and c.session.txn.xid]
+        return min(xids) if xids else 0
+
+    def session_count(self) -> int:
+        return sum(1 for c in self.conns.values() if c.state == ConnState.READY)
+
+    # ------------------------------------------------------------ group commit
+    def queue_commit(self, conn: Connection, w: CommitWait) -> None:
+        self.commit_queue.append((conn, w))
+        self.unapplied.append(w)
+
+    def apply_pending(self) -> None:
+        """Flush WAL and apply every logged-but-unapplied commit (one SQLite transaction)."""
+        if not self.unapplied:
+            return
+        batch, self.unapplied = self.unapplied, []
+        w = self._writer()
+        try:
+            w.flush()
+        except OSError as e:
+            raise Panic(f"could not fdatasync WAL: {e}") from e
+        try:
+            self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli)
+        except Exception as e:
+            raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
+        self.publish()
+
+    def group_commit(self) -> None:
+        while self.commit_queue:
+            self.apply_pending()
+            batch, self.commit_queue = self.commit_queue, []
+            for conn, _w in batch:
+                conn.after_commit()
+
+    def publish(self) -> None:
+        """Positions to shared memory, then wake the walsenders."""
+        w = self.writer
+        if w is None:
+            return
+        with self.shared.xlog.locked() as x:
+            x.set(insert_lsn=w.insert_lsn, write_lsn=w.write_lsn, flush_lsn=w.flush_lsn,
+                  last_record_lsn=w.prev_lsn)
+        for i, slot in enumerate(self.shared.walsnd):
+            if slot.get("pid"):
+                self.shared.walsnd_latches[i].set()
+
+    def on_segment_complete(self, segno: int, path: str) -> None:
+        name = os.path.basename(path)
+        self.ckpt_stats.segments_added += 1
+        if self.config["archive_mode"] != "off":
+            archive_status.mark_ready(self.pg_wal, name)
+            self.shared.latches["archiver"].set()
+
+    # ------------------------------------------------------------ connections
+    def accept(self) -> None:
+        assert self.listen_sock is not None
+        for _ in range(64):
+            try:
+                sock, addr = self.listen_sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("could not accept new connection: %s", e)
+                return
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(self, sock, addr)
+            self.conns[conn.fd] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+            conn.registered_mask = selectors.EVENT_READ
+
+    def forget(self, conn: Connection) -> None:
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.sel.unregister(conn.sock)
+
+    def hand_off(self, conn: Connection, pkt: P.StartupPacket) -> None:
+        """A replication connection: pass the socket to the postmaster, which forks a walsender."""
+        if self.handoff_sock is None or self.shutdown_mode is not None:
+            conn.fatal("57P03", "the database system is shutting down" if self.shutdown_mode
+                       else "replication connections are not accepted here")
+            return
+        conn.flush_out()          # the 'N' to an SSLRequest, if any
+        try:
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt)], [conn.sock.fileno()])
+        except OSError as e:
+            log.warning("could not hand replication connection to the postmaster: %s", e)
+            conn.fatal("08006", "could not start WAL sender")
+            return
+        conn.detach()
+
+    def update_registrations(self) -> None:
+        for conn in list(self.conns.values()):
+            if conn.closed:
+                continue
+            mask = 0
+            if conn.wants_read():
+                mask |= selectors.EVENT_READ
+            if conn.out:
+                mask |= selectors.EVENT_WRITE
+            if mask != conn.registered_mask:
+                try:
+                    if mask == 0:
+                        self.sel.unregister(conn.sock)
+                    elif conn.registered_mask == 0:
+                        self.sel.register(conn.sock, mask, conn)
+                    else:
+                        self.sel.modify(conn.sock, mask, conn)
+                    conn.registered_mask = mask
+                except (KeyError, ValueError, OSError):
+                    conn.close()
+
+    def flush_outputs(self) -> None:
+        for conn in list(self.conns.values()):
+            if conn.out:
+                conn.flush_out()
+
+    # ------------------------------------------------------------ signals
+    def install_signals(self) -> None:
+        self.sig_r, self.sig_w = os.pipe()
+        os.set_blocking(self.sig_r, False)
+        os.set_blocking(self.sig_w, False)
+        signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
+
+        def on_term(_s: int, _f: Any) -> None:
+            self.shutdown_mode = "fast"
+
+        def on_int(_s: int, _f: Any) -> None:
+            if self.shutdown_mode is None:
+                self.shutdown_mode = "smart"
+
+        def on_hup(_s: int, _f: Any) -> None:
+            self.reload_pending = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        signal.signal(signal.SIGUSR2, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    def reload_config(self) -> None:
+        self.reload_pending = False
+        from walswitch import config as cfgmod
+        overrides = [(k, str(v)) for k, v in self.config.values.items()
+                     if self.config.sources.get(k) == "command line"]
+        try:
+            self.config = cfgmod.load(self.datadir, overrides)
+        except cfgmod.ConfigError as e:
+            log.error("configuration file was not reloaded: %s", e)
+
+    # ------------------------------------------------------------ start
+    def start(self) -> None:
+        self.install_signals()
+        x = self.shared.xlog.read()
+        self._segsize = int(x["wal_segsize"])
+        if not x["in_recovery"]:
+            self.start_primary(x)
+            self.store = KVStore(kv_path(self.datadir))
+        else:
+            self.store = KVStore(kv_path(self.datadir), readonly=True)
+        if self.listen_sock is not None:
+            self.listen_sock.setblocking(False)
+            self.sel.register(self.listen_sock, selectors.EVENT_READ, "listen")
+        self.sel.register(self.ctx.death_fd, selectors.EVENT_READ, "death")
+        self.sel.register(self.sig_r, selectors.EVENT_READ, "signal")
+        self.last_ckpt_request = int(self.shared.pm.get("checkpoint_requested"))
+
+    def start_primary(self, x: dict[str, Any]) -> None:
+        try:
+            cf = read_control(self.datadir)
+        except ControlFileError as e:
+            raise Panic(str(e)) from None
+        self.next_full_xid = max(cf.next_xid, FIRST_NORMAL_XID)
+        self.writer = WalWriter(self.pg_wal, int(x["timeline"]), self._segsize, int(x["system_identifier"]),
+                                int(x["insert_lsn"]), int(x["last_record_lsn"]),
+                                on_segment_complete=self.on_segment_complete)
+        st = self.ckpt_stats
+        st.prior_redo = cf.redo_lsn
+        st.last_end_lsn = self.writer.insert_lsn
+        st.last_time = time.monotonic()
+        self.last_switch_time = time.monotonic()
+        # Segments below the oldest one present are gone (walsenders report that).
+        oldest = None
+        for name in os.listdir(self.pg_wal):
+            if is_segment_name(name):
+                with contextlib.suppress(ValueError):
+                    s = parse_segment_name(name, self._segsize)[1]
+                    oldest = s if oldest is None else min(oldest, s)
+        with self.shared.xlog.locked() as xl:
+            if oldest is not None and xl.get("oldest_kept_segno") < oldest:
+                xl.set(oldest_kept_segno=oldest)
+            xl.set(accepting_writes=1, last_switch_mono_us=int(self.last_switch_time * 1e6))
+        self.publish()
+        log.debug("backend: WAL inserter at %s on timeline %d, next xid %d",
+                  format_lsn(self.writer.insert_lsn), self.writer.tli, self.next_full_xid)
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> int:
+        self.start()
+        while True:
+            events = self.sel.select(self.loop_timeout())
+            for key, mask in events:
+                data = key.data
+                if data == "death":
+                    if self.postmaster_died():
+                        return 1
+                elif data == "listen":
+                    self.accept()
+                elif data == "signal":
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        while os.read(self.sig_r, 4096):
+                            pass
+                else:
+                    conn: Connection = data
+                    if mask & selectors.EVENT_READ and not conn.closed:
+                        conn.on_readable()
+                    if mask & selectors.EVENT_WRITE and not conn.closed:
+                        conn.flush_out()
+            self.group_commit()
+            self.wake_sleepers()
+            self.group_commit()
+            self.flush_outputs()
+            if self.reload_pending:
+                self.reload_config()
+            if self.writer is not None:
+                self.timers()
+            self.sweep_startups()
+            self.shared.latches["backend"].reset()
+            if self.shutdown_mode is not None and self.shutdown_ready():
+                return self.shutdown()
+            self.update_registrations()
+
+    def loop_timeout(self) -> float:
+        return 0.0 if self.commit_queue else LOOP_TIMEOUT
+
+    def postmaster_died(self) -> bool:
+        try:
+            data = os.read(self.ctx.death_fd, 1)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return data == b""
+
+    def wake_sleepers(self) -> None:
+        if not self.sleepers:
+            return
+        now = time.monotonic()
+        sleepers, self.sleepers = self.sleepers, []
+        for conn in sleepers:
+            if not conn.check_until(now) and conn not in self.sleepers:
+                self.sleepers.append(conn)
+
+    def sweep_startups(self) -> None:
+        """Close connections that never finished their startup packet (authentication_timeout)."""
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + 1.0
+        for conn in list(self.conns.values()):
+            if conn.state == ConnState.STARTUP and now - conn.born > AUTHENTICATION_TIMEOUT:
+                conn.fatal("08006", "canceling authentication due to timeout")
+                conn.flush_out()
+                conn.close()
+
+    def timers(self) -> None:
+        cfg = self.config
+        w = self.writer
+        now = time.monotonic()
+        req = int(self.shared.pm.get("checkpoint_requested"))
+        if req != self.last_ckpt_request:
+            self.last_ckpt_request = req
+            ckpt.create_checkpoint(self, "immediate force wait")
+        elif now - self.ckpt_stats.last_time >= cfg["checkpoint_timeout"]:
+            if self.important_since_ckpt:
+                ckpt.create_checkpoint(self, "time")
+            else:
+                self.ckpt_stats.last_time = now       # idle: skipped, as PostgreSQL does
+        else:
+            # max_wal_size: PostgreSQL checkpoints every max_wal_size / (1 + completion_target)
+            limit = cfg["max_wal_size"] * 1024 * 1024 / 1.9
+            if self.important_since_ckpt and w.insert_lsn - self.ckpt_stats.last_end_lsn >= limit:
+                ckpt.create_checkpoint(self, "wal")
+        timeout = cfg["archive_timeout"]
+        if timeout > 0 and now - self.last_switch_time >= timeout:
+            if self.important_since_switch and w.insert_lsn % w.segsize != 0:
+                self.switch_wal()
+            else:
+                self.last_switch_time = now
+
+    # ------------------------------------------------------------ shutdown
+    def shutdown_ready(self) -> bool:
+        if self.shutdown_mode == "fast":
+            return True
+        # smart: wait for the sessions to end
+        return not any(c.state == ConnState.READY for c in self.conns.values())
+
+    def shutdown(self) -> int:
+        if self.shutdown_mode == "fast" and self.session_count() and self.writer is not None:
+            log.info("aborting any active transactions")
+        for conn in list(self.conns.values()):
+            if conn.state == ConnState.READY and not conn.close_after_flush:
+                conn.fatal("57P01", "terminating connection due to administrator command")
+            elif conn.state == ConnState.STARTUP:
+                conn.fatal("57P03", "the database system is shutting down")
+            if conn.session is not None:
+                conn.session.abort_all()
+            conn.flush_out()
+        for conn in list(self.conns.values()):
+            conn.close()
+        if self.writer is not None:
+            self.group_commit()
+            if self.owns_shutdown_checkpoint:
+                ckpt.create_checkpoint(self, "shutdown immediate", shutdown=True)
+            else:
+                self.apply_pending()
+                self.writer.flush()
+                self.publish()
+            with self.shared.xlog.locked() as x:
+                x.set(accepting_writes=0)
+        self.close()
+        return 0
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            conn.close()
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+        if self.store is not None:
+            self.store.close()
+        with contextlib.suppress(Exception):
+            signal.set_wakeup_fd(-1)
+        with contextlib.suppress(Exception):
+            self.sel.close()
+
+
+def main(ctx: ChildContext) -> int:
+    child_start(ctx, "backend")
+    b = Backend(ctx)
+    try:
+        return b.run()
+    except Panic as e:
+        log.critical("%s", e)
+        return 3
