@@ -148,6 +148,10 @@ WALRCV = RegionLayout("walrcv", (
     ("sender_host", "64s"),
     ("conninfo", "512s"),
     ("restore_ahead_lsn", "Q"),     # walreceiver_restores: restored up to
+    ("fetch_source", "I"),          # walreceiver: where it gets WAL now (WalSource numbers)
+    ("pad2", "4x"),
+    ("writing_segno", "q"),         # walreceiver, under the lock, BEFORE it creates or opens a
+                                    # segment to write it; -1 when it writes none (concurrent guard)
 ))
 
 SINGLE_REGIONS = (PM, XLOG, ARCHIVER, RECOVERY, WALRCV)

@@ -47,6 +47,7 @@ class RestoreResult:
     seconds: float
     size: int = 0
     reason: str = ""
+    path: str = ""             # where the restored file is (pg_wal, or a temporary name)
 
 
 def expand(command: str, path: str, fname: str, last_restartpoint: str) -> str:
@@ -84,7 +85,8 @@ def fsync_path(path: str, directory: bool = False) -> None:
 def restore_file(datadir: str, command: str, fname: str, expected_size: int | None,
                  last_restartpoint: str, *, timeout: float = 0.0,
                  should_stop: Callable[[], bool] = lambda: False,
-                 on_child: Callable[[int | None], None] = lambda pid: None) -> RestoreResult:
+                 on_child: Callable[[int | None], None] = lambda pid: None,
+                 install: bool = True) -> RestoreResult:
     """Run restore_command for ``fname``; on success the file is in pg_wal under its name.
 
     ``should_stop`` is polled while the command runs (shutdown, postmaster
@@ -92,7 +94,7 @@ def restore_file(datadir: str, command: str, fname: str, expected_size: int | No
     and for tests that kill it).
     """
     pg_wal = os.path.join(datadir, "pg_wal")
-    tmp_rel = os.path.join("pg_wal", f"RECOVERYXLOG.{os.getpid()}")
+    tmp_rel = os.path.join("pg_wal", f"RECOVERYXLOG.{os.getpid()}.{fname}")
     tmp_abs = os.path.join(datadir, tmp_rel)
     try:
         os.unlink(tmp_abs)
@@ -145,10 +147,13 @@ def restore_file(datadir: str, command: str, fname: str, expected_size: int | No
         log.info('archive file "%s" has wrong size: %d instead of %d', fname, size, expected_size)
         return RestoreResult(False, fname, 0, seconds, size, reason="wrong size")
     fsync_path(tmp_abs)
+    log.info('restored log file "%s" from archive', fname)
+    if not install:
+        # The caller decides whether and how the file goes into pg_wal.
+        return RestoreResult(True, fname, 0, seconds, size, path=tmp_abs)
     os.replace(tmp_abs, os.path.join(pg_wal, fname))
     fsync_path(pg_wal, directory=True)
-    log.info('restored log file "%s" from archive', fname)
-    return RestoreResult(True, fname, 0, seconds, size)
+    return RestoreResult(True, fname, 0, seconds, size, path=os.path.join(pg_wal, fname))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

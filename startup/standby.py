@@ -62,6 +62,7 @@ from xlog.history import TimelineHistoryEntry, read_history, write_history_file
 from xlog.lsn import (format_lsn, history_file_name, is_segment_name, parse_segment_name, segment_name,
                       segment_start, segno_of)
 from xlog.reader import WalReader
+from xlog.writer import fsync_dir
 from xlog.record import CheckPoint, EndOfRecovery, timestamptz_now
 
 log = elog.logger()
@@ -128,6 +129,8 @@ class Standby:
     failed_at: dict = field(default_factory=dict)   # file -> monotonic time of its last failed restore
     restored_for: dict = field(default_factory=dict)  # file -> (reader position, time) of its last restore
     fetch_pos: int = 0
+    private_copies: dict = field(default_factory=dict)  # segno -> restored file kept out of pg_wal
+    streamed_once: bool = False
 
     def __post_init__(self) -> None:
         from startup.policy import make_policy
@@ -292,7 +295,20 @@ class Standby:
 
     # ================================================================ fetching
     def open_segment(self, _tli: int, segno: int) -> bytes | None:
-        """The reader's segment source: pg_wal, newest timeline first."""
+        """The reader's segment source: a private restored copy, else pg_wal, newest timeline first.
+
+        Concurrent guard: a segment the walreceiver is writing is read only up
+        to what it flushed, never beyond (the bytes after may be half written).
+        """
+        private = self.private_copies.get(segno)
+        if private is not None:
+            try:
+                with open(private, "rb") as f:
+                    data = f.read(self.segsize)
+                self.reading = (self.tli_for_segment(segno)[0], segno)
+                return data
+            except FileNotFoundError:
+                self.private_copies.pop(segno, None)
         for tli in self.tli_for_segment(segno):
             path = os.path.join(self.pg_wal, segment_name(tli, segno, self.segsize))
             try:
@@ -301,8 +317,20 @@ class Standby:
             except FileNotFoundError:
                 continue
             self.reading = (tli, segno)
+            if self.cfg["concurrent_guard"]:
+                w = self.ctx.shared.walrcv.read("state", "writing_segno", "flushed_lsn")
+                if WalRcvState(w["state"]) != WalRcvState.STOPPED and w["writing_segno"] == segno:
+                    limit = max(0, w["flushed_lsn"] - segment_start(segno, self.segsize))
+                    data = data[:limit]
             return data
         return None
+
+    def drop_private_copies(self, below_segno: int) -> None:
+        for segno in [s for s in self.private_copies if s < below_segno]:
+            try:
+                os.unlink(self.private_copies.pop(segno))
+            except FileNotFoundError:
+                pass
 
     def last_restartpoint_file(self) -> str:
         return segment_name(self.cf.timeline, segno_of(self.cf.redo_lsn, self.segsize), self.segsize)
@@ -331,19 +359,47 @@ class Standby:
             res = restore_file(self.datadir, cmd, fname, expected_size, self.last_restartpoint_file(),
                                timeout=self.cfg["restore_command_timeout"],
                                should_stop=lambda: self.flags.shutdown or not self.ctx.postmaster_alive(),
-                               on_child=on_child)
+                               on_child=on_child, install=False)
         except InterruptedError:
             raise Shutdown() from None
         self.ctx.events.emit("restore", file=fname, ok=res.ok, exit=res.exit_code, seconds=round(res.seconds, 4),
                              bytes=res.size, reason=res.reason, by="startup")
         if not res.ok:
             self.failed_at[fname] = time.monotonic()
-        else:
-            self.failed_at.pop(fname, None)
-            self.restored_for[fname] = (self.fetch_pos, time.monotonic())
-            archive_status.mark_done(self.pg_wal, fname)
-            inject("after_restore", self.ctx, file=fname)
-        return res.ok
+            return False
+        self.failed_at.pop(fname, None)
+        self.restored_for[fname] = (self.fetch_pos, time.monotonic())
+        inject("before_install", self.ctx, file=fname)
+        self.install_restored(fname, res.path)
+        inject("after_restore", self.ctx, file=fname)
+        return True
+
+    def install_restored(self, fname: str, tmp: str) -> None:
+        """Put a restored file in pg_wal, unless the concurrent guard says the walreceiver's copy wins.
+
+        Guard on: under the walreceiver's lock, a segment the walreceiver is
+        writing (``writing_segno``) is never replaced; the archive copy is read
+        privately for this pass and dropped.  Every other file is replaced, as
+        PostgreSQL's KeepFileRestoredFromArchive does (a stale partial copy
+        must not stay behind once replay moved past it).  Guard off: always
+        replace, even under a live writer: the naive way, for demonstration.
+        """
+        final = os.path.join(self.pg_wal, fname)
+        guard = self.cfg["concurrent_guard"]
+        segno = parse_segment_name(fname, self.segsize)[1] if is_segment_name(fname) else None
+        wr = self.ctx.shared.walrcv
+        with wr.locked():
+            busy = (guard and segno is not None and WalRcvState(wr.get("state")) != WalRcvState.STOPPED
+                    and wr.get("writing_segno") == segno and os.path.exists(final))
+            if not busy:
+                os.replace(tmp, final)
+        if busy:
+            self.private_copies[segno] = tmp
+            self.ctx.events.emit("restore_kept_private", file=fname, reason="the walreceiver is writing it")
+            return
+        self.private_copies.pop(segno, None)
+        fsync_dir(self.pg_wal)
+        archive_status.mark_done(self.pg_wal, fname)
 
     def try_archive(self, segno: int) -> bool:
         """One archive attempt for a segment (newest candidate timeline first)."""
@@ -455,6 +511,9 @@ class Standby:
         interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
         conninfo = bool(self.cfg["primary_conninfo"])
         failed_here = bool(reader.error)
+        if not self.policy.startup_restores:
+            self.wait_walreceiver_fetch(reader, need, failed_here)
+            return
         while True:
             self.check_interrupts()
             st = self.state
@@ -516,6 +575,62 @@ class Standby:
 
     last_pg_wal_try: tuple | None = None
 
+    def wait_walreceiver_fetch(self, reader: WalReader, need: int, failed: bool) -> None:
+        """walreceiver_restores: the walreceiver fetches (archive or stream); we read up to its flush.
+
+        Our state mirrors where the walreceiver gets WAL from (``fetch_source``):
+        archive -> ARCHIVE_RECOVERY until it first streamed, RETRY_ARCHIVE after;
+        stream -> STREAMING; nothing yet -> WAIT_RETRY.
+        """
+        if failed:
+            # What it gave us does not validate: have it fetch that segment again.
+            self.request_refetch(need)
+        while True:
+            self.check_interrupts()
+            w = self.ctx.shared.walrcv.read("state", "flushed_lsn", "fetch_source", "received_tli")
+            wst = WalRcvState(w["state"])
+            if wst == WalRcvState.STOPPED:
+                self.request_walreceiver(need)
+            src = WalSource(w["fetch_source"]) if w["fetch_source"] in (0, 1, 2, 3) else WalSource.NONE
+            self.mirror_walreceiver(src)
+            if wst != WalRcvState.STOPPED and w["flushed_lsn"] > need:
+                reader.read_upto = w["flushed_lsn"]
+                return
+            set_title(f"startup waiting for WAL at {format_lsn(need)}")
+            self.sleep(1.0)
+
+    def mirror_walreceiver(self, src: WalSource) -> None:
+        st = self.state
+        if src == WalSource.STREAM:
+            self.streamed_once = True
+            want = RecoveryState.STREAMING
+        elif src == WalSource.ARCHIVE:
+            want = RecoveryState.RETRY_ARCHIVE if (self.streamed_once or st != RecoveryState.ARCHIVE_RECOVERY) \
+                else RecoveryState.ARCHIVE_RECOVERY
+        else:
+            want = st if st == RecoveryState.ARCHIVE_RECOVERY else RecoveryState.WAIT_RETRY
+        if want != st:
+            if want not in TRANSITIONS[st]:
+                # e.g. STREAMING -> ARCHIVE_RECOVERY is not a transition: it is a retry.
+                want = RecoveryState.RETRY_ARCHIVE if st != RecoveryState.RETRY_ARCHIVE else st
+            if want != st:
+                self.transition(want, f"walreceiver fetches from {src.name.lower()}",
+                                src if src != WalSource.NONE else None)
+        elif src != WalSource.NONE and WalSource(self.ctx.shared.recovery.get("wal_source")) != src:
+            self.transition(st, f"walreceiver fetches from {src.name.lower()}", src)
+
+    def request_refetch(self, need: int) -> None:
+        """Ask a running walreceiver to fetch again from the start of need's segment."""
+        start = segment_start(segno_of(need, self.segsize), self.segsize)
+        wr = self.ctx.shared.walrcv
+        with wr.locked():
+            if WalRcvState(wr.get("state")) == WalRcvState.STOPPED:
+                return
+            wr.set(receive_start=start, receive_start_tli=self.tli_of_lsn(need),
+                   state=int(WalRcvState.RESTARTING), flushed_lsn=min(wr.get("flushed_lsn"), start))
+        self.ctx.events.emit("walreceiver_refetch", start=format_lsn(start))
+        self.ctx.shared.latches["walreceiver"].set()
+
     def after_round_wait(self, interval: float, reason: str) -> None:
         """Leave STREAMING: retry the archive now if the interval allows, else wait it out."""
         if time.monotonic() - self.last_round >= interval and self.policy.may_retry_archive():
@@ -533,6 +648,9 @@ class Standby:
         if self.cf.state not in (DBState.IN_ARCHIVE_RECOVERY, DBState.SHUTDOWNED_IN_RECOVERY):
             self.cf = self.cf.with_changes(state=DBState.IN_ARCHIVE_RECOVERY)
             write_control(self.datadir, self.cf)
+        for name in os.listdir(self.pg_wal):
+            if name.startswith("RECOVERYXLOG."):
+                os.unlink(os.path.join(self.pg_wal, name))   # a restore cut short by a crash
         from primary.kvstore import KVStore
         self.store = KVStore(os.path.join(self.datadir, "base", "kv.sqlite"))
         self.redo = Redo(self.store, self.cf.timeline)
@@ -631,6 +749,7 @@ class Standby:
         self.ctx.events.emit("restartpoint", lsn=format_lsn(rec.lsn), redo=format_lsn(ckpt.redo))
         log.debug("recovery restart point at %s", format_lsn(ckpt.redo))
         self.remove_old_segments(segno_of(ckpt.redo, self.segsize))
+        self.drop_private_copies(segno_of(rec.lsn, self.segsize))
 
     def remove_old_segments(self, redo_segno: int) -> None:
         keep = self.cfg["wal_keep_size"] * 1024 * 1024 // self.segsize

@@ -75,6 +75,10 @@ def read_checkpoint(pg_wal: str, cf: ControlFile):
     if rec is None or rec.rmid != C.RM_XLOG_ID or (rec.info & 0xF0) not in (
             C.XLOG_CHECKPOINT_SHUTDOWN, C.XLOG_CHECKPOINT_ONLINE):
         why = f": {reader.error}" if rec is None and reader.error else ""
+        seg = segment_name(cf.timeline, segno_of(cf.checkpoint_lsn, cf.wal_segsize), cf.wal_segsize)
+        if rec is None and not reader.error:
+            why = (f': could not open file "pg_wal/{seg}": No such file or directory'
+                   if not os.path.exists(os.path.join(pg_wal, seg)) else f": end of WAL in segment {seg}")
         raise RecoveryError(f"could not locate a valid checkpoint record at {format_lsn(cf.checkpoint_lsn)}{why}")
     return rec, CheckPoint.unpack(rec.main_data)
 
