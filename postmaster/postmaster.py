@@ -325,7 +325,9 @@ class Postmaster:
                 code = e.code if isinstance(e.code, int) else 1
             except BaseException as e:  # noqa: BLE001 - a child must never return into the postmaster's loop
                 try:
-                    log.critical("%s: %s", ROLE_NAMES.get(role, role), e, exc_info=True)
+                    # A bug, not bad input: one FATAL line; the traceback only at DEBUG.
+                    log.critical("%s: %s", ROLE_NAMES.get(role, role), e)
+                    log.debug("%s failed", role, exc_info=True)
                 except Exception:
                     pass
                 code = 1

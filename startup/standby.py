@@ -866,4 +866,10 @@ class Standby:
 
 
 def run_standby(ctx: ChildContext, cf: ControlFile) -> int:
-    return Standby(ctx, cf).run()
+    try:
+        return Standby(ctx, cf).run()
+    except RestoreFatal as e:
+        log.critical("%s", e)
+        return 1
+    except Shutdown:
+        return 0
