@@ -1,18 +1,19 @@
 """The three ``standby_wal_coordination`` approaches, as policies of one state machine.
 
 startup/standby.py consults the policy at the points where the approaches
-differ; everything else (states, reading, replay) is shared:
+differ; everything else (states, reading, replay) is shared.  The first line
+of each hook's docstring is what the README's generated table shows
+(``python -m startup.diagram``).
 
-=====================  ==============================  ==========================  ======================
-hook                   stop_walreceiver (PG 9.0 on)    concurrent                  walreceiver_restores
-=====================  ==============================  ==========================  ======================
-startup_restores       yes                             yes                         no: only the walreceiver fetches
-before_restore()       stop the walreceiver, wait      nothing (both fetch)        (never called)
-archive_dry(pos)       start the walreceiver           start it once; it stays     start it (it restores and streams)
-stream_lost()          stop the walreceiver            nothing: it reconnects      nothing
-may_retry_archive()    only once the walreceiver       always                      never (nothing to retry)
-                       is not running
-=====================  ==============================  ==========================  ======================
+* ``stop_walreceiver`` (PostgreSQL 9.0 and later): one fetcher at a time; the
+  startup stops the walreceiver before it retries the archive and starts it
+  again when the archive runs dry.
+* ``concurrent``: the walreceiver, once started, stays and reconnects on its
+  own while the startup retries the archive; both may fetch the same segment,
+  so the concurrent guard (``concurrent_guard``) decides which copy wins.
+* ``walreceiver_restores``: the walreceiver is the only fetcher (stream, else
+  restore_command, with ``walreceiver_restore_prefetch`` segments ahead); the
+  startup reads pg_wal up to what it flushed.
 """
 from __future__ import annotations
 
@@ -30,16 +31,18 @@ class Policy:
         self.sb = sb
 
     def before_restore(self) -> None:
-        pass
+        """nothing"""
 
     def archive_dry(self, pos: int) -> None:
+        """start the walreceiver at the segment needed"""
         if not self.sb.walrcv_running():
             self.sb.request_walreceiver(pos)
 
     def stream_lost(self) -> None:
-        pass
+        """nothing: the walreceiver reconnects on its own"""
 
     def may_retry_archive(self) -> bool:
+        """every wal_retrieve_retry_interval"""
         return True
 
     def timeline_changed(self) -> None:
@@ -48,30 +51,45 @@ class Policy:
 
 
 class StopWalreceiver(Policy):
-    """The startup stops the walreceiver before it retries the archive."""
     name = "stop_walreceiver"
 
     def before_restore(self) -> None:
+        """stop the walreceiver and wait until it is gone"""
         self.sb.stop_walreceiver("restoring from archive")
 
     def stream_lost(self) -> None:
+        """stop the walreceiver"""
         self.sb.stop_walreceiver("streaming stopped")
 
     def may_retry_archive(self) -> bool:
+        """every wal_retrieve_retry_interval, once no walreceiver runs"""
         return not self.sb.walrcv_running()
 
 
 class Concurrent(Policy):
-    """The walreceiver keeps reconnecting while the startup retries the archive."""
     name = "concurrent"
+
+    def before_restore(self) -> None:
+        """nothing: both fetch; the guard decides which copy wins"""
 
 
 class WalreceiverRestores(Policy):
-    """The walreceiver is the only WAL fetcher; the startup reads pg_wal up to its flush."""
     name = "walreceiver_restores"
     startup_restores = False
 
+    def before_restore(self) -> None:
+        """never called: the startup does not restore"""
+
+    def archive_dry(self, pos: int) -> None:
+        """start the walreceiver, which restores and streams"""
+        if not self.sb.walrcv_running():
+            self.sb.request_walreceiver(pos)
+
+    def stream_lost(self) -> None:
+        """nothing: the walreceiver falls back to the archive itself"""
+
     def may_retry_archive(self) -> bool:
+        """never: nothing for the startup to retry"""
         return False
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.cluster import walswitch, wait_for
 from tests.invariants import check_data_equal, check_segments_identical, wait_streaming
-from tests.standby_helpers import archived, make_primary, wait_archived, write_rows
+from tests.standby_helpers import COORDINATIONS, archived, make_primary, wait_archived, write_rows
 
 SEG = 1024 * 1024
 
@@ -25,10 +25,11 @@ def no_traceback(node) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_primary_with_other_system_identifier(nodes, tmp_path):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_primary_with_other_system_identifier(nodes, tmp_path, coordination):
     primary, archive = make_primary(nodes, tmp_path)
     write_rows(primary, 0, 200, switch_every=100)
-    standby = nodes.standby(primary, start=False, archive=archive)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive)
     wait_archived(primary)
     other = nodes.primary("other")
     write_rows(other, 0, 50)
@@ -49,9 +50,10 @@ def test_primary_with_other_system_identifier(nodes, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_wrong_size_file_not_used(nodes, tmp_path):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_wrong_size_file_not_used(nodes, tmp_path, coordination):
     primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, start=False, archive=archive,
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive,
                             restore_command=f"head -c 1000 {archive}/%f > %p")
     write_rows(primary, 0, 300, switch_every=100)
     wait_archived(primary)
@@ -69,11 +71,12 @@ def test_wrong_size_file_not_used(nodes, tmp_path):
     ("kill -9 $$", "child process was terminated by signal 9"),
     ("exec /nonexistent/restore-tool %f %p", "child process exited with exit code 127"),
 ])
-def test_fatal_restore_command(nodes, tmp_path, command, expect):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_fatal_restore_command(nodes, tmp_path, coordination, command, expect):
     primary, archive = make_primary(nodes, tmp_path)
     write_rows(primary, 0, 100, switch_every=50)
     wait_archived(primary)
-    standby = nodes.standby(primary, start=False, archive=archive, restore_command=command)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive, restore_command=command)
     standby.start(wait_ready=False, check=False)
     wait_for(lambda: not standby.is_running(), 30, "the standby to stop after a FATAL restore")
     log = standby.log_text()
@@ -83,9 +86,10 @@ def test_fatal_restore_command(nodes, tmp_path, command, expect):
 
 
 @pytest.mark.timeout(150)
-def test_corrupt_segment_in_archive(nodes, tmp_path):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_corrupt_segment_in_archive(nodes, tmp_path, coordination):
     primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, start=False, archive=archive)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive)
     write_rows(primary, 0, 400, switch_every=100)
     primary.sql("SELECT pg_switch_wal()")
     wait_archived(primary)
@@ -118,7 +122,7 @@ def test_corrupt_segment_in_archive(nodes, tmp_path):
 ])
 def test_bad_standby_settings(nodes, tmp_path, setting, value, needle):
     primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, start=False, archive=archive)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive)
     standby.set_conf(**{setting: value})
     r = walswitch("start", "-D", standby.datadir, "--detach", check=False)
     assert r.returncode != 0

@@ -17,20 +17,22 @@ import pytest
 
 from tests.cluster import shm_objects, wait_for
 from tests.invariants import ReplayWatch, check_data_equal, check_segments_identical, wait_streaming
-from tests.standby_helpers import make_primary, wait_archived, write_rows
+from tests.standby_helpers import COORDINATIONS, make_primary, wait_archived, write_rows
 from walswitch.inject import release
 
 
 @pytest.mark.timeout(240)
-def test_kill_walreceiver_then_startup_mid_restore(nodes, tmp_path):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_kill_walreceiver_then_startup_mid_restore(nodes, tmp_path, coordination):
     primary, archive = make_primary(nodes, tmp_path)
     write_rows(primary, 0, 100)
-    standby = nodes.standby(primary, start=False, archive=archive)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive)
     standby.start(wait_ready=False, inject="before_restore:pause")
     # The first restore is held at the injection point: kill the startup there.
     wait_for(lambda: standby.events("inject_paused"), 30, "the startup to pause before a restore")
     watch = ReplayWatch(standby)
-    victim = standby.child("startup")
+    # The process that paused there: the startup, or the walreceiver under walreceiver_restores.
+    victim = psutil.Process(standby.events("inject_paused")[0]["pid"])
     victim.kill()
     wait_for(lambda: standby.events("crash_restart"), 30, "crash-restart after the startup was killed")
     release(standby.datadir, "before_restore")
@@ -56,9 +58,10 @@ def test_kill_walreceiver_then_startup_mid_restore(nodes, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_kill_postmaster_children_follow(nodes, tmp_path):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_kill_postmaster_children_follow(nodes, tmp_path, coordination):
     primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, archive=archive)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, archive=archive)
     wait_streaming(standby, 60)
     children = [p for p in standby.processes() if not " ".join(p.cmdline()).startswith("walswitch: postmaster")]
     assert {c.cmdline()[0].split()[1] for c in children} >= {"startup", "walreceiver"}
@@ -76,15 +79,20 @@ def test_kill_postmaster_children_follow(nodes, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_refused_connection_is_a_normal_exit(nodes, tmp_path):
+@pytest.mark.parametrize("coordination", COORDINATIONS)
+def test_refused_connection_is_a_normal_exit(nodes, tmp_path, coordination):
     primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, start=False, archive=archive)
+    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive)
     primary.stop("fast")
     standby.start(wait_ready=False)
-    wait_for(lambda: [e for e in standby.events("child_exit") if e["child"] == "walreceiver"], 30,
-             "a walreceiver to exit")
-    ex = [e for e in standby.events("child_exit") if e["child"] == "walreceiver"][0]
-    assert ex["code"] == 1 and ex["signal"] is None
-    standby.wait_log("could not connect to the primary server", 10)
+    standby.wait_log("could not connect to the primary server", 30)
+    if coordination == "stop_walreceiver":
+        wait_for(lambda: [e for e in standby.events("child_exit") if e["child"] == "walreceiver"], 30,
+                 "a walreceiver to exit")
+        ex = [e for e in standby.events("child_exit") if e["child"] == "walreceiver"][0]
+        assert ex["code"] == 1 and ex["signal"] is None
+    else:
+        # These approaches keep their walreceiver: it retries (or restores) instead of exiting.
+        assert not [e for e in standby.events("child_exit") if e["child"] == "walreceiver"]
     assert not standby.events("crash") and not standby.events("crash_restart")
     assert standby.is_running()
