@@ -50,10 +50,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     from walswitch import config as cfgmod
     datadir = check_datadir(args.datadir, "start")
-    overrides = [cfgmod.parse_override(c) for c in args.c or []]
-    if args.port:
-        overrides.append(("port", str(args.port)))
     try:
+        overrides = [cfgmod.parse_override(c) for c in args.c or []]
+        if args.port is not None:
+            overrides.append(("port", str(args.port)))
         cfg = cfgmod.load(datadir, overrides)
     except cfgmod.ConfigError as e:
         raise CliError(str(e)) from None
@@ -83,7 +83,9 @@ def run_postmaster(datadir: str, cfg, detached: bool) -> int:
     except (StartupFailure, LockFileError) as e:
         elog.logger().critical("%s", e)
         elog.shutdown()
-        print(f"{PROG} start: error: {e}", file=sys.stderr)
+        if detached:
+            # In the foreground the FATAL line above already went to stderr.
+            print(f"{PROG} start: error: {e}", file=sys.stderr)
         if pm.shared is not None:
             pm.shared.destroy()
         return 1
@@ -96,10 +98,12 @@ def start_detached(datadir: str, args: argparse.Namespace) -> int:
     from postmaster import pidfile
     os.makedirs(os.path.join(datadir, "log"), exist_ok=True)
     out_path = os.path.join(datadir, "log", "postmaster.out")
+    log_path = os.path.join(datadir, "log", "walswitch.log")
+    log_offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     argv = [sys.executable, "-m", "walswitch.cli", "start", "-D", datadir]
     for c in args.c or []:
         argv += ["-c", c]
-    if args.port:
+    if args.port is not None:
         argv += ["-p", str(args.port)]
     env = dict(os.environ, WALSWITCH_DETACHED="1")
     with open(out_path, "ab") as out:
@@ -110,7 +114,10 @@ def start_detached(datadir: str, args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            reason = last_error_line(out_path, start_offset) or f"postmaster exited with exit code {code}"
+            # The first FATAL of this start in the server log is the cause (a failed startup
+            # process logs only there); else what the postmaster printed before its log existed.
+            reason = (first_fatal_line(log_path, log_offset) or last_error_line(out_path, start_offset)
+                      or f"postmaster exited with exit code {code}")
             raise CliError(f"could not start server: {reason}")
         info = pidfile.read(datadir)
         if info is not None and info.pid == proc.pid and info.status == "ready":
@@ -123,13 +130,25 @@ def start_detached(datadir: str, args: argparse.Namespace) -> int:
     raise CliError(f"server did not start in time ({args.timeout} s); see {out_path}")
 
 
-def last_error_line(path: str, offset: int) -> str | None:
+def _lines_from(path: str, offset: int) -> list[str]:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
-            lines = f.read().decode("utf-8", "replace").splitlines()
+            return f.read().decode("utf-8", "replace").splitlines()
     except OSError:
-        return None
+        return []
+
+
+def first_fatal_line(path: str, offset: int) -> str | None:
+    for line in _lines_from(path, offset):
+        for marker in ("FATAL:  ", "PANIC:  "):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+    return None
+
+
+def last_error_line(path: str, offset: int) -> str | None:
+    lines = _lines_from(path, offset)
     for line in reversed(lines):
         for marker in ("FATAL:  ", "error: ", "PANIC:  "):
             if marker in line:
@@ -148,7 +167,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     os.kill(info.pid, sig)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not pidfile.is_running(pidfile.read(datadir)) or not _pid_alive(info.pid):
+        # The lock file goes first; the process is gone a moment later (log queue drained).
+        if not _pid_alive(info.pid):
             print("server stopped")
             return 0
         time.sleep(0.05)
