@@ -122,7 +122,7 @@ def test_corrupt_segment_in_archive(nodes, tmp_path, coordination):
 ])
 def test_bad_standby_settings(nodes, tmp_path, setting, value, needle):
     primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, standby_wal_coordination=coordination, start=False, archive=archive)
+    standby = nodes.standby(primary, start=False, archive=archive)
     standby.set_conf(**{setting: value})
     r = walswitch("start", "-D", standby.datadir, "--detach", check=False)
     assert r.returncode != 0
