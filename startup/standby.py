@@ -377,20 +377,25 @@ class Standby:
     def install_restored(self, fname: str, tmp: str) -> None:
         """Put a restored file in pg_wal, unless the concurrent guard says the walreceiver's copy wins.
 
-        Guard on: under the walreceiver's lock, a segment the walreceiver is
-        writing (``writing_segno``) is never replaced; the archive copy is read
-        privately for this pass and dropped.  Every other file is replaced, as
-        PostgreSQL's KeepFileRestoredFromArchive does (a stale partial copy
-        must not stay behind once replay moved past it).  Guard off: always
-        replace, even under a live writer: the naive way, for demonstration.
+        Guard on, decided under the walreceiver's lock: the first complete copy
+        wins.  A segment the walreceiver is writing (``writing_segno``) or a
+        complete one already in pg_wal (it has its archive status) is never
+        replaced; the archive copy is read privately for this pass.  A partial
+        file nobody writes any more (a walreceiver died in it) is replaced, as
+        PostgreSQL's KeepFileRestoredFromArchive does, so no torn segment stays
+        behind once replay moved past it.  Guard off: always replace, even under
+        a live writer: the naive way, for demonstration.
         """
         final = os.path.join(self.pg_wal, fname)
         guard = self.cfg["concurrent_guard"]
         segno = parse_segment_name(fname, self.segsize)[1] if is_segment_name(fname) else None
         wr = self.ctx.shared.walrcv
         with wr.locked():
-            busy = (guard and segno is not None and WalRcvState(wr.get("state")) != WalRcvState.STOPPED
-                    and wr.get("writing_segno") == segno and os.path.exists(final))
+            busy = False
+            if guard and segno is not None and os.path.exists(final):
+                writing = WalRcvState(wr.get("state")) != WalRcvState.STOPPED and wr.get("writing_segno") == segno
+                complete = archive_status.is_done(self.pg_wal, fname) or archive_status.is_ready(self.pg_wal, fname)
+                busy = writing or complete
             if not busy:
                 os.replace(tmp, final)
         if busy:
@@ -411,6 +416,15 @@ class Standby:
             if self.run_restore(fname, self.segsize):
                 self.ctx.shared.recovery.update(last_restored_segment=fname)
                 self.ctx.events.emit("segment_fetched", source="archive", file=fname, bytes=self.segsize)
+                return True
+        return False
+
+    def pg_wal_complete(self, segno: int) -> bool:
+        """A segment file in pg_wal known to be complete (it has its archive status)."""
+        for t in self.tli_for_segment(segno):
+            name = segment_name(t, segno, self.segsize)
+            if os.path.exists(os.path.join(self.pg_wal, name)) and (
+                    archive_status.is_done(self.pg_wal, name) or archive_status.is_ready(self.pg_wal, name)):
                 return True
         return False
 
@@ -498,6 +512,9 @@ class Standby:
         if reader.error:
             # The source of the segment being read failed: fetch that segment anew.
             need = max(pos, segment_start(self.reading[1], self.segsize))
+            bad = self.private_copies.pop(self.reading[1], None)
+            if bad is not None:
+                os.unlink(bad)   # a private archive copy that does not validate: never again
             key = (pos, reader.error)
             if key != self.logged_error:
                 log.info("%s", reader.error)
@@ -541,6 +558,12 @@ class Standby:
                         if self.walrcv_running():
                             self.policy.timeline_changed()
                 reader.read_upto = None
+                # A complete segment already in pg_wal (restored or streamed before a
+                # restart) is read from there: PostgreSQL would fetch it again.
+                if not failed_here and self.pg_wal_complete(segno) and self.last_pg_wal_try != (pos, segno):
+                    self.last_pg_wal_try = (pos, segno)
+                    self.transition(st, "complete segment present in pg_wal", WalSource.PG_WAL)
+                    return
                 if self.try_archive(segno):
                     self.transition(st, "restored from archive", WalSource.ARCHIVE)
                     return

@@ -137,10 +137,18 @@ def replay_to_end(ctx: ChildContext, cf: ControlFile, redo_lsn: int) -> tuple[in
         if n % 5000 == 0:
             set_title(f"startup recovering {segment_name(cf.timeline, segno_of(rec.lsn, cf.wal_segsize), cf.wal_segsize)}")
     redo.flush()
-    store.sync()
-    store.close()
     if reader.error:
         log.info("%s", reader.error)
+    applied = store.applied_lsn()
+    if applied > end_lsn:
+        # WAL the store had already applied is gone (corrupted after it was flushed): new WAL
+        # starts at end_lsn, and its commits must not be skipped as "already applied".
+        log.warning("key/value store was applied up to %s, beyond the end of valid WAL at %s; "
+                    "the transactions committed in between stay applied",
+                    format_lsn(applied), format_lsn(end_lsn))
+        store.set_applied(end_lsn, cf.timeline)
+    store.sync()
+    store.close()
     log.info("redo done at %s system usage: elapsed: %.2f s", format_lsn(last_lsn), time.monotonic() - t0)
     ctx.events.emit("redo_done", records=n, end_lsn=format_lsn(end_lsn), seconds=round(time.monotonic() - t0, 3))
     ctx.shared.recovery.update(replay_lsn=redo.last_end_lsn or end_lsn, replay_tli=cf.timeline)
