@@ -65,8 +65,15 @@ def child_start(ctx: ChildContext, title: str) -> None:
     # The parent may have died between fork and prctl.
     if not ctx.postmaster_alive():
         os._exit(1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # A reload (SIGHUP) or a wake-up (SIGUSR1) must never kill a child that did not ask for them.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # Until the child's own handlers are in place, a stop request is an orderly
+    # exit, not a death by signal (which the postmaster would take for a crash).
+    early_code = 1 if ctx.role == "startup" else 0
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(sig, lambda *_: child_exit(early_code))
     # SIGQUIT: immediate exit without cleanup, as PostgreSQL's quickdie.
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(2))
     ctx.events = ctx.events.for_child(ctx.role)
