@@ -82,8 +82,7 @@ class WalreceiverRestores(Policy):
 
     def archive_dry(self, pos: int) -> None:
         """start the walreceiver, which restores and streams"""
-        if not self.sb.walrcv_running():
-            self.sb.request_walreceiver(pos)
+        super().archive_dry(pos)
 
     def stream_lost(self) -> None:
         """nothing: the walreceiver falls back to the archive itself"""
