@@ -1,18 +1,30 @@
-"""``make demo``: a primary with an archive, under load, shown live; ends by itself.
+"""``make demo``: a primary, an archive and a standby under load; the primary restarts and the link is cut.
 
-Everything lives in a temporary directory that is removed at the end:
-a walswitch primary (1 MB WAL segments, archive_mode on, ``cp`` as
-archive_command), four writer threads, and — when PostgreSQL 15's client tools
-are installed — ``pg_receivewal`` streaming from it, so that a real
-PostgreSQL client shows up in ``pg_stat_replication``.  Each second one line
-shows the flush LSN, WAL rate, archived segments and connections; the run
-ends after ``--seconds`` with a check that the archive holds every completed
-segment byte for byte.
+Everything lives in a temporary directory that is removed at the end, even on
+Ctrl-C or failure:
+
+- a walswitch primary (1 MB WAL segments, ``archive_mode = on``, ``cp`` as
+  archive_command) with four psycopg2 writer threads that reconnect when it
+  goes away;
+- a standby made by ``walswitch basebackup -R``, with ``restore_command`` from
+  the archive, whose ``primary_conninfo`` goes through the link proxy
+  (walswitch/linkproxy.py), and ``standby_wal_coordination`` from
+  ``--coordination``.
+
+On a schedule (proportional to ``--seconds``) the primary is stopped
+(immediate) and restarted ``--fault-seconds`` later, then the link is cut for
+as long.  Each second one line shows the phase and the standby's state (what
+``walswitch status -D DIR --json`` reports) against the primary's flush
+position.  At the end: a summary of the standby's transitions from
+``DIR/log/events.jsonl``, then the load stops, the standby catches up (bounded
+wait) and its ``kv`` rows are compared with the primary's.  Exit code 0 only if
+they are equal.
 """
 from __future__ import annotations
 
 import argparse
-import filecmp
+import collections
+import contextlib
 import os
 import shutil
 import signal
@@ -22,12 +34,25 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, Callable
 
+import psutil
 import psycopg2
 
-from xlog.lsn import format_lsn, is_segment_name, parse_lsn
+from walswitch.events import read_events
+from walswitch.linkproxy import LinkProxy
+from walswitch.status import COORDINATION, collect
+from xlog.lsn import format_lsn, parse_lsn
 
-PGBIN = "/usr/lib/postgresql/15/bin"
+N_WRITERS = 4
+KEYS_PER_WRITER = 5000
+CATCH_UP_TIMEOUT = 60.0
+PRINT_LOCK = threading.Lock()
+
+
+def say(text: str = "") -> None:
+    with PRINT_LOCK:
+        print(text, flush=True)
 
 
 def free_port() -> int:
@@ -36,110 +61,415 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ws(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "walswitch.cli", *args], capture_output=True, text=True)
+def ws(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
+    """Run ``walswitch ARGS`` (the same CLI a person would type)."""
+    try:
+        return subprocess.run([sys.executable, "-m", "walswitch.cli", *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(e.cmd, 124, "", f"timed out after {timeout:g} s")
 
 
-def writer(dsn: str, stop: threading.Event, counts: list[int], idx: int) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    cur = conn.cursor()
-    n = 0
-    while not stop.is_set():
-        cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"w{idx}-{n % 5000}", "x" * 200 + str(n)))
-        n += 1
-        counts[idx] = n
-    conn.close()
+def must(r: subprocess.CompletedProcess, what: str) -> None:
+    if r.returncode:
+        raise DemoError(f"{what} failed: {(r.stderr or r.stdout).strip()}")
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def dsn(port: int, timeout: int = 2) -> str:
+    return f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout={timeout}"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = pred()
+        except Exception:  # noqa: BLE001 - not observable yet
+            v = None
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def lsn_or_zero(text: str | None) -> int:
+    return parse_lsn(text) if text else 0
+
+
+# ------------------------------------------------------------------ load
+class Load:
+    """Four writer threads upserting ``kv`` rows; each reconnects while the primary is away."""
+
+    def __init__(self, port: int, rate: float):
+        self.port = port
+        self.rate = rate                      # commits/s over all writers; 0 = as fast as they can
+        self.stop = threading.Event()
+        self.commits = [0] * N_WRITERS
+        self.errors = [0] * N_WRITERS
+        self.threads = [threading.Thread(target=self.writer, args=(i,), name=f"writer-{i}", daemon=True)
+                        for i in range(N_WRITERS)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def writer(self, idx: int) -> None:
+        conn = None
+        n = 0
+        interval = N_WRITERS / self.rate if self.rate > 0 else 0.0
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(dsn(self.port))
+                    conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO kv VALUES (%s, %s)",
+                                (f"w{idx}-{n % KEYS_PER_WRITER:04d}", f"{n}-" + "x" * 200))
+                n += 1
+                self.commits[idx] += 1
+                if interval:
+                    next_at = max(next_at + interval, time.monotonic() - 1.0)
+                    self.stop.wait(max(0.0, next_at - time.monotonic()))
+            except psycopg2.Error:
+                self.errors[idx] += 1
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    conn = None
+                self.stop.wait(0.2)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def finish(self, timeout: float = 15.0) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            if t.is_alive():
+                t.join(max(0.1, deadline - time.monotonic()))
+
+    def total(self) -> int:
+        return sum(self.commits)
+
+
+# ------------------------------------------------------------------ the primary, seen from the demo
+class PrimaryProbe:
+    """The primary's flush LSN once a second (``pg_current_wal_lsn()``), reconnecting when it is back."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn = None
+
+    def flush_lsn(self) -> int | None:
+        try:
+            if self.conn is None:
+                self.conn = psycopg2.connect(dsn(self.port, 1))
+                self.conn.autocommit = True
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pg_current_wal_lsn()")
+                lsn = parse_lsn(cur.fetchone()[0])
+        except psycopg2.Error:
+            self.close()
+            return None
+        return lsn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
+# ------------------------------------------------------------------ schedule
+class Scheduler(threading.Thread):
+    """Stops and restarts the primary, then cuts and restores the link, at the planned times."""
+
+    def __init__(self, t0: float, plan: list[tuple[float, str]], actions: dict[str, Callable[[], None]]):
+        super().__init__(name="scheduler", daemon=True)
+        self.t0 = t0
+        self.plan = plan
+        self.actions = actions
+        self.phase = "steady"
+        self.done_at: list[tuple[float, str]] = []
+        self.error: str | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        for at, step in self.plan:
+            if self.stop.wait(max(0.0, self.t0 + at - time.monotonic())):
+                return
+            try:
+                self.actions[step]()
+            except Exception as e:  # noqa: BLE001 - reported, and the demo fails
+                self.error = f"{step}: {e}"
+                say(f"  !! {self.error}")
+                return
+            now = time.monotonic() - self.t0
+            self.phase = step
+            self.done_at.append((now, step))
+            say(f"  >> {now:5.1f} s  {step}")
+
+
+def make_plan(seconds: float, fault: float) -> list[tuple[float, str]]:
+    stop_at = max(2.0, 0.15 * seconds)
+    cut_at = max(stop_at + 2 * fault, 0.55 * seconds)
+    return [(stop_at, "primary stopped"), (stop_at + fault, "primary back"),
+            (cut_at, "link cut"), (cut_at + fault, "link restored")]
+
+
+# ------------------------------------------------------------------ the summary
+def summarize(standby_dir: str, since_mono: float) -> list[str]:
+    evs = read_events(standby_dir)
+    out = []
+    trans: collections.Counter = collections.Counter()
+    trans_during: collections.Counter = collections.Counter()
+    src: collections.Counter = collections.Counter()
+    for e in evs:
+        if e.get("kind") == "recovery_state":
+            trans[(e["from"], e["to"])] += 1
+            if e.get("mono", 0) >= since_mono:
+                trans_during[(e["from"], e["to"])] += 1
+        elif e.get("kind") == "wal_source":
+            src[(e["from"], e["to"])] += 1
+    out.append("recovery_state transitions (from -> to: count, of which under load):")
+    for (a, b), n in trans.items():
+        out.append(f"  {a:>17} -> {b:<17} {n:4d}  {trans_during[(a, b)]:4d}")
+    if src:
+        out.append("wal_source transitions: " + ", ".join(f"{a}->{b} {n}" for (a, b), n in src.items()))
+    restores = [e for e in evs if e.get("kind") == "restore"]
+    ok = sum(1 for e in restores if e.get("ok"))
+    by = collections.Counter(e.get("by", "?") for e in restores)
+    hist = sum(1 for e in restores if str(e.get("file", "")).endswith(".history"))
+    out.append(f"restore_command calls: {len(restores)} ({ok} ok, {len(restores) - ok} failed; "
+               f"{hist} for .history files; by " + ", ".join(f"{k} {v}" for k, v in sorted(by.items())) + ")"
+               if restores else "restore_command calls: 0")
+    kinds = collections.Counter(e.get("kind") for e in evs)
+    out.append(f"walreceiver: {kinds['walreceiver_connect']} connects, {kinds['walreceiver_disconnect']} "
+               f"disconnects, {kinds['walreceiver_connect_failed']} failed connection attempts")
+    seg_archive = sum(1 for e in evs if e.get("kind") == "segment_fetched" and e.get("source") == "archive")
+    seg_stream = sum(1 for e in evs if e.get("kind") == "segment_completed" and e.get("source") == "stream")
+    out.append(f"segments: {seg_archive} restored from the archive, {seg_stream} completed by streaming")
+    if kinds["crash_restart"]:
+        out.append(f"crash-restarts of the standby: {kinds['crash_restart']}")
+    return out
+
+
+# ------------------------------------------------------------------ clean-up of what we started
+def kill_leftovers(datadir: str) -> int:
+    """SIGKILL any process of the server in ``datadir`` still alive (its postmaster and children)."""
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or [])
+            # The postmaster's title, or its command line before it set the title.
+            if (cmd.startswith("walswitch: postmaster") and f"-D {datadir}" in cmd) or \
+                    (cmd.endswith(f"walswitch.cli start -D {datadir}") and p.pid != os.getpid()):
+                procs += [p, *p.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
+    from shmem.names import remove_objects
+    remove_objects(datadir)
+    return len(procs)
+
+
+def stop_server(datadir: str) -> None:
+    if not os.path.exists(os.path.join(datadir, "postmaster.pid")):
+        kill_leftovers(datadir)
+        return
+    r = ws("stop", "-D", datadir, "-m", "fast", "-t", "20", timeout=30)
+    if r.returncode:
+        ws("stop", "-D", datadir, "-m", "immediate", "-t", "10", timeout=20)
+    if kill_leftovers(datadir):
+        say(f"  (killed processes left by {datadir})")
+
+
+# ------------------------------------------------------------------ main
+def fmt(v: Any, width: int) -> str:
+    return f"{'-' if v is None else v:>{width}}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=30)
+    ap = argparse.ArgumentParser(prog="python -m walswitch.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=90, help="length of the run under load (default 90)")
+    ap.add_argument("--fault-seconds", type=float, default=None,
+                    help="how long the primary stays down and the link stays cut "
+                         "(default min(10, seconds/5))")
+    ap.add_argument("--coordination", choices=COORDINATION, default="stop_walreceiver",
+                    help="the standby's standby_wal_coordination (default stop_walreceiver)")
+    ap.add_argument("--rate", type=float, default=0,
+                    help="commits per second over the four writers (default 0: as fast as they can)")
     args = ap.parse_args(argv)
+    if args.seconds < 8:
+        ap.error("--seconds must be at least 8")
+    fault = args.fault_seconds if args.fault_seconds is not None else min(10.0, args.seconds / 5)
+    plan = make_plan(args.seconds, fault)
+    if plan[-1][0] >= args.seconds:
+        ap.error(f"--fault-seconds {fault:g} does not fit in --seconds {args.seconds:g}")
+
+    def on_term(_signo, _frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
     base = tempfile.mkdtemp(prefix="walswitch-demo-")
-    datadir, archive = os.path.join(base, "primary"), os.path.join(base, "archive")
-    os.makedirs(archive)
-    port = free_port()
-    receiver = None
+    pdir, sdir, archive = (os.path.join(base, n) for n in ("primary", "standby", "archive"))
+    pport, sport = free_port(), free_port()
+    servers: list[str] = []
+    proxy: LinkProxy | None = None
+    load: Load | None = None
+    sched: Scheduler | None = None
+    probe = PrimaryProbe(pport)
     ok = False
     try:
-        r = ws("init", "-D", datadir, "--wal-segsize", "1", "-p", str(port))
-        if r.returncode:
-            print(r.stderr, file=sys.stderr)
-            return 1
-        with open(os.path.join(datadir, "walswitch.conf"), "a") as f:
-            f.write(f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\n")
-        r = ws("start", "-D", datadir, "--detach")
-        if r.returncode:
-            print(r.stderr, file=sys.stderr)
-            return 1
-        print(f"primary on 127.0.0.1:{port}, data in {datadir}, archive in {archive}")
-        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-        if os.path.exists(os.path.join(PGBIN, "pg_receivewal")):
-            recv_dir = os.path.join(base, "receivewal")
-            os.makedirs(recv_dir)
-            receiver = subprocess.Popen([os.path.join(PGBIN, "pg_receivewal"), "-h", "127.0.0.1", "-p", str(port),
-                                         "-U", "postgres", "-D", recv_dir, "--no-loop"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        stop = threading.Event()
-        counts = [0] * 4
-        threads = [threading.Thread(target=writer, args=(dsn, stop, counts, i)) for i in range(4)]
-        for t in threads:
-            t.start()
-        mon = psycopg2.connect(dsn)
-        mon.autocommit = True
-        cur = mon.cursor()
-        print(f"{'t':>4} {'flush_lsn':>12} {'WAL kB/s':>9} {'commits/s':>9} {'archived':>8} {'walsenders':>10}")
+        # ---- set-up: primary, archive, base backup, standby behind the proxy
+        os.makedirs(archive)
+        must(ws("init", "-D", pdir, "--wal-segsize", "1", "-p", str(pport)), "walswitch init")
+        with open(os.path.join(pdir, "walswitch.conf"), "a") as f:
+            f.write(f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\ncheckpoint_timeout = 30s\n")
+        servers.append(pdir)
+        must(ws("start", "-D", pdir, "--detach", "-t", "60"), "starting the primary")
+        proxy = LinkProxy(pport)
+        say(f"primary  on 127.0.0.1:{pport}   data {pdir}\narchive  {archive}\n"
+            f"link     127.0.0.1:{proxy.port} -> 127.0.0.1:{pport} (the standby's primary_conninfo)")
+        with contextlib.closing(psycopg2.connect(dsn(pport))) as c:
+            c.autocommit = True
+            with c.cursor() as cur:
+                for i in range(200):
+                    cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"seed-{i:03d}", "s" * 100))
+                cur.execute("SELECT pg_switch_wal()")
+        must(ws("basebackup", "-d", dsn(pport, 10), "-D", sdir, "-R"), "walswitch basebackup")
+        with open(os.path.join(sdir, "walswitch.conf"), "a") as f:
+            f.write(f"\n# the demo: the standby reaches the primary through the link proxy\n"
+                    f"port = {sport}\narchive_mode = off\n"
+                    f"primary_conninfo = '{dsn(proxy.port, 2)} application_name=demo_standby'\n"
+                    f"restore_command = 'cp {archive}/%f %p'\nwal_retrieve_retry_interval = '1s'\n"
+                    f"standby_wal_coordination = {args.coordination}\n")
+        servers.append(sdir)
+        must(ws("start", "-D", sdir, "--detach", "--no-wait-ready", "-t", "60"), "starting the standby")
+        say(f"standby  on 127.0.0.1:{sport}   data {sdir}   standby_wal_coordination = {args.coordination}")
+        # Ready when the standby replayed what the primary has (streaming, or whatever its mode does).
+        ready_at = probe.flush_lsn() or 0
+        if not wait_until(lambda: lsn_or_zero(collect(sdir)["replay_lsn"]) >= ready_at, 60):
+            raise DemoError(f"the standby did not replay up to the primary's {format_lsn(ready_at)} within 60 s: "
+                            f"{collect(sdir)}")
+        probe.close()
+        say("plan: " + "  ".join(f"{at:.0f} s {step}" for at, step in plan) + f"  {args.seconds:.0f} s end")
+        say()
+
+        # ---- the run
+        def stop_primary() -> None:
+            must(ws("stop", "-D", pdir, "-m", "immediate", "-t", "20", timeout=30), "stopping the primary")
+
+        def start_primary() -> None:
+            must(ws("start", "-D", pdir, "--detach", "-t", "40", timeout=50), "restarting the primary")
+
+        load = Load(pport, args.rate)
         t0 = time.monotonic()
-        last_lsn, last_commits, last_t = None, 0, t0
-        while time.monotonic() - t0 < args.seconds:
-            time.sleep(1.0)
-            cur.execute("SELECT pg_current_wal_lsn()")
-            lsn = parse_lsn(cur.fetchone()[0])
-            cur.execute("SELECT application_name, state, sent_lsn FROM pg_stat_replication")
-            senders = cur.fetchall()
-            now = time.monotonic()
-            commits = sum(counts)
-            rate = 0.0 if last_lsn is None else (lsn - last_lsn) / 1024 / (now - last_t)
-            archived = len([f for f in os.listdir(archive) if is_segment_name(f)])
-            senders_text = ", ".join(f"{a or '?'}:{s}" for a, s, _ in senders) or "-"
-            print(f"{now - t0:4.0f} {format_lsn(lsn):>12} {rate:9.0f} "
-                  f"{(commits - last_commits) / (now - last_t):9.0f} {archived:8d} {senders_text:>10}")
-            last_lsn, last_commits, last_t = lsn, commits, now
-        stop.set()
-        for t in threads:
-            t.join()
-        cur.execute("SELECT pg_switch_wal()")
-        mon.close()
-        # Wait (bounded) for the archiver to catch up, then compare.
-        pg_wal = os.path.join(datadir, "pg_wal")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ready = [f for f in os.listdir(os.path.join(pg_wal, "archive_status")) if f.endswith(".ready")]
-            if not ready:
-                break
-            time.sleep(0.1)
-        same = differ = 0
-        for name in sorted(os.listdir(archive)):
-            src = os.path.join(pg_wal, name)
-            if os.path.exists(src):
-                if filecmp.cmp(src, os.path.join(archive, name), shallow=False):
-                    same += 1
-                else:
-                    differ += 1
-        total = sum(counts)
-        print(f"\n{total} commits in {args.seconds} s; {len(os.listdir(archive))} segments archived; "
-              f"{same} compared byte-identical with pg_wal, {differ} differ")
-        ok = differ == 0
-    finally:
-        if receiver is not None:
-            receiver.send_signal(signal.SIGINT)
+        mono0 = t0
+        sched = Scheduler(t0, plan, {"primary stopped": stop_primary, "primary back": start_primary,
+                                     "link cut": proxy.cut, "link restored": proxy.resume})
+        load.start()
+        sched.start()
+        head = (f"{'t':>4} {'phase':<15} {'recovery_state':<16} {'source':<7} {'walreceiver':<11} "
+                f"{'replay_lsn':>10} {'receive_lsn':>11} {'flush_lsn':>10} {'lag_bytes':>10} {'commits/s':>9}")
+        say(head)
+        last_commits, last_t = 0, t0
+        for tick in range(1, int(args.seconds) + 1):
+            time.sleep(max(0.0, t0 + tick - time.monotonic()))
             try:
-                receiver.wait(10)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
-        ws("stop", "-D", datadir, "-m", "fast")
-        shutil.rmtree(base, ignore_errors=True)
+                st = collect(sdir)
+            except Exception as e:  # noqa: BLE001 - e.g. shared memory being recreated
+                st = {"recovery_state": f"({type(e).__name__})"}
+            flush = probe.flush_lsn()
+            now = time.monotonic()
+            commits = load.total()
+            replay = lsn_or_zero(st.get("replay_lsn"))
+            lag = f"{flush - replay:,}" if flush is not None and replay else None
+            say(f"{now - t0:4.0f} {sched.phase:<15} {st.get('recovery_state') or '-':<16} "
+                f"{st.get('wal_source') or '-':<7} {st.get('walreceiver_state') or '-':<11} "
+                f"{fmt(st.get('replay_lsn'), 10)} {fmt(st.get('receive_lsn'), 11)} "
+                f"{format_lsn(flush) if flush is not None else 'down':>10} {fmt(lag, 10)} "
+                f"{(commits - last_commits) / max(1e-3, now - last_t):9.0f}")
+            last_commits, last_t = commits, now
+
+        # ---- the summary
+        sched.stop.set()
+        sched.join(60)
+        load.finish()
+        say()
+        say(f"== summary: standby_wal_coordination = {args.coordination}, {args.seconds:g} s under load ==")
+        say("schedule: " + ", ".join(f"{step} at {at:.1f} s" for at, step in sched.done_at))
+        say(f"load: {load.total()} commits by {N_WRITERS} writers, {sum(load.errors)} failed statements "
+            f"or connection attempts while the primary was away")
+        pc = proxy.counters()
+        say(f"link: {pc['accepted']} connections forwarded, {pc['closed_by_cut']} closed by the cut, "
+            f"{pc['refused']} refused while cut, {pc['upstream_failed']} with the primary down; "
+            f"{pc['bytes_down']:,} bytes to the standby")
+        for line in summarize(sdir, mono0):
+            say(line)
+        if sched.error or sched.is_alive():
+            raise DemoError(f"the schedule did not complete: {sched.error or 'still running'}")
+
+        # ---- the check: the standby's data equals the primary's
+        say()
+        say("== check: the standby's data equals the primary's ==")
+        target = probe.flush_lsn()
+        if target is None:
+            raise DemoError("the primary is not reachable for the final check")
+        t_wait = time.monotonic()
+        caught = wait_until(lambda: lsn_or_zero(collect(sdir)["replay_lsn"]) >= target, CATCH_UP_TIMEOUT)
+        st = collect(sdir)
+        if not caught:
+            raise DemoError(f"the standby did not replay up to {format_lsn(target)} within {CATCH_UP_TIMEOUT:g} s "
+                            f"(replay_lsn {st['replay_lsn']}, recovery_state {st['recovery_state']})")
+        say(f"load stopped; primary flushed up to {format_lsn(target)}; the standby replayed it after "
+            f"{time.monotonic() - t_wait:.1f} s (replay_lsn {st['replay_lsn']}, {st['recovery_state']}, "
+            f"{st['walreceiver_state']})")
+        with contextlib.closing(psycopg2.connect(dsn(pport, 10))) as c, c.cursor() as cur:
+            cur.execute("SELECT key, value FROM kv")
+            prim = dict(cur.fetchall())
+        with contextlib.closing(psycopg2.connect(dsn(sport, 10))) as c, c.cursor() as cur:
+            cur.execute("SELECT key, value FROM kv")
+            stby = dict(cur.fetchall())
+        missing = sorted(set(prim) - set(stby))
+        extra = sorted(set(stby) - set(prim))
+        differ = sorted(k for k in set(prim) & set(stby) if prim[k] != stby[k])
+        if missing or extra or differ:
+            say(f"RESULT: DIFFERENT: {len(missing)} rows missing on the standby {missing[:3]}, "
+                f"{len(extra)} extra {extra[:3]}, {len(differ)} with other values {differ[:3]}")
+        else:
+            say(f"RESULT: equal ({len(prim)} rows on the primary and the standby)")
+            ok = True
+    except DemoError as e:
+        say(f"demo: error: {e}")
+    except KeyboardInterrupt:
+        say("\ndemo: interrupted")
+    finally:
+        # Clean-up, not to be interrupted by a second Ctrl-C or a SIGTERM.
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if sched is not None:
+                sched.stop.set()
+            if load is not None:
+                load.finish()
+            probe.close()
+            if sched is not None:
+                sched.join(60)
+            for d in reversed(servers):
+                stop_server(d)
+            if proxy is not None:
+                proxy.close()
+            shutil.rmtree(base, ignore_errors=True)
+            say(f"cleaned up: servers stopped, link proxy closed, {base} removed")
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
     return 0 if ok else 1
 
 
