@@ -1,0 +1,271 @@
+"""The three coordination approaches on the same scripted run (issue 4's benchmark; DESIGN.md section 9).
+
+Per approach, one primary (1 MB segments, archived with ``cp``) and one
+standby whose restore_command has a 50 ms latency (``sleep 0.05; cp``), the
+same settings otherwise.  The script:
+
+1. steady load (4 writer threads) for ``steady`` seconds, sampling
+   ``pg_stat_replication.replay_lag`` on the primary every 100 ms;
+2. primary restart (immediate stop, start at once);
+3. a ``outage``-second outage (immediate stop, wait, start), the load resuming after;
+4. catch up and compare the data (invariant violations counted).
+
+Figures per approach, from the standby's events: restore_command calls (and
+failed ones, and who ran them), bytes fetched twice (a walreceiver restarting
+below what it had flushed, plus restored segments the standby already had
+whole), seconds from the primary's return to streaming (after the restart and
+after the outage), replay lag p50/p99 under steady load.
+
+A second part measures ``walreceiver_restore_prefetch``: catch-up of 40
+archived segments with a 50 ms restore latency, prefetch 0 against 4.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from bench.common import (Server, free_port, median, percentile, tempdir, walswitch_server, ws_basebackup,
+                          ws_init, ws_start, ws_status, ws_stop)
+from xlog.lsn import parse_lsn
+
+APPROACHES = ["stop_walreceiver", "concurrent", "walreceiver_restores"]
+SEG = 1024 * 1024
+
+
+def events(datadir: Path) -> list[dict]:
+    out = []
+    try:
+        with open(datadir / "log" / "events.jsonl", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def lag_seconds(text: str | None) -> float | None:
+    if not text:
+        return None
+    h, m, s = text.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+class Load:
+    """Writer threads against the primary; they survive its restarts (reconnect, retry)."""
+
+    def __init__(self, primary: Server, clients: int = 4):
+        self.primary = primary
+        self.stop = threading.Event()
+        self.paused = threading.Event()
+        self.committed = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(clients)]
+
+    def run(self, idx: int) -> None:
+        n = 0
+        conn = None
+        while not self.stop.is_set():
+            if self.paused.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                if conn is None:
+                    conn = self.primary.connect(connect_timeout=2)
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"c{idx}-{n}", "v" * 200))
+                n += 1
+                with self.lock:
+                    self.committed += 1
+            except Exception:  # noqa: BLE001 - the primary is away on purpose
+                conn = None
+                time.sleep(0.1)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def streaming(standby: Path) -> bool:
+    st = ws_status(standby)
+    return st.get("walreceiver_state") == "streaming" and st.get("recovery_state") == "streaming"
+
+
+def wait(pred, timeout: float) -> float | None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    return None
+
+
+def fetched_twice(evs: list[dict]) -> int:
+    """Bytes the standby fetched although it already had them."""
+    twice = 0
+    high = 0                       # highest flushed position any walreceiver reached
+    whole: set[str] = set()        # segments the standby had whole (streamed or restored)
+    for e in evs:
+        k = e["kind"]
+        if k == "walreceiver_connect" and high:
+            twice += max(0, high - parse_lsn(e["start_lsn"]))
+        elif k == "walreceiver_disconnect" and e.get("flushed_lsn"):
+            high = max(high, parse_lsn(e["flushed_lsn"]))
+        elif k == "segment_completed":
+            whole.add(e["file"])
+            high = max(high, (int(e["file"][8:16], 16) * 0x100000000 // SEG + int(e["file"][16:], 16) + 1) * SEG)
+        elif k == "restore" and e.get("ok") and len(e.get("file", "")) == 24:
+            if e["file"] in whole:
+                twice += e.get("bytes") or SEG
+            whole.add(e["file"])
+    return twice
+
+
+def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
+    archive = base / f"archive-{approach}"
+    archive.mkdir()
+    pdir, sdir = base / f"p-{approach}", base / f"s-{approach}"
+    pport = free_port()
+    ws_init(pdir, pport, 1, {"archive_mode": "on", "archive_command": f"cp %p {archive}/%f",
+                            "wal_keep_size": 0, "checkpoint_timeout": "30s"})
+    out: dict = {"approach": approach}
+    with walswitch_server(pdir, pport) as primary:
+        sport = ws_basebackup(primary, sdir, {
+            "restore_command": f"sleep 0.05; cp {archive}/%f %p", "standby_wal_coordination": approach,
+            "wal_retrieve_retry_interval": "1s", "wal_receiver_status_interval": "1s"})
+        standby = Server("walswitch", sdir, sport, "standby")
+        try:
+            ws_start(standby, wait_ready=False)
+            if wait(lambda: streaming(sdir), 60) is None:
+                raise RuntimeError(f"{approach}: the standby never streamed")
+            with Load(primary) as load:
+                lags = []
+                t_end = time.monotonic() + steady
+                while time.monotonic() < t_end:
+                    try:
+                        rows = primary.query("SELECT replay_lag FROM pg_stat_replication")
+                        for (lag,) in rows:
+                            v = lag_seconds(lag)
+                            if v is not None:
+                                lags.append(v)
+                    except Exception:  # noqa: BLE001
+                        pass
+                    time.sleep(0.1)
+                out["lag_p50_ms"] = percentile(lags, 50) * 1000 if lags else None
+                out["lag_p99_ms"] = percentile(lags, 99) * 1000 if lags else None
+                out["lag_samples"] = len(lags)
+                # Primary restart.
+                ws_stop_keep(primary)
+                ws_start(primary)
+                out["restart_to_streaming_s"] = wait(lambda: streaming(sdir), 60)
+                # Outage.
+                ws_stop_keep(primary)
+                time.sleep(outage)  # the scripted outage itself, not a wait for an event
+                ws_start(primary)
+                out["outage_to_streaming_s"] = wait(lambda: streaming(sdir), 120)
+                time.sleep(3)       # a little load after the return
+            flush = parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0])
+            wait(lambda: (parse_lsn(ws_status(sdir).get("replay_lsn") or "0/0") or 0) >= flush, 60)
+            prim = dict(primary.query("SELECT key, value FROM kv"))
+            stby = dict(standby.query("SELECT key, value FROM kv"))
+            out["invariant_violations"] = int(prim != stby)
+            out["rows"] = len(prim)
+            evs = events(sdir)
+            restores = [e for e in evs if e["kind"] == "restore"]
+            out["restore_calls"] = len(restores)
+            out["restore_failed"] = sum(1 for e in restores if not e["ok"])
+            out["restore_by"] = sorted({e.get("by", "?") for e in restores})
+            out["fetched_twice_bytes"] = fetched_twice(evs)
+            out["crash_restarts"] = sum(1 for e in evs if e["kind"] == "crash_restart")
+        finally:
+            ws_stop(standby)
+    return out
+
+
+def ws_stop_keep(srv: Server) -> None:
+    """Immediate stop of a server that will be started again (its process list is reset)."""
+    ws_stop(srv)
+
+
+def prefetch_catchup(base: Path, prefetch: int, segments: int = 40) -> float:
+    archive = base / f"archive-pf{prefetch}"
+    archive.mkdir()
+    pdir, sdir = base / f"p-pf{prefetch}", base / f"s-pf{prefetch}"
+    pport = free_port()
+    ws_init(pdir, pport, 1, {"archive_mode": "on", "archive_command": f"cp %p {archive}/%f"})
+    with walswitch_server(pdir, pport) as primary:
+        sport = ws_basebackup(primary, sdir, {
+            "restore_command": f"sleep 0.05; cp {archive}/%f %p", "standby_wal_coordination": "walreceiver_restores",
+            "walreceiver_restore_prefetch": prefetch, "primary_conninfo": "host=127.0.0.1 port=1 connect_timeout=1",
+            "wal_retrieve_retry_interval": "1s"})
+        c = primary.connect()
+        cur = c.cursor()
+        start = parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0])
+        i = 0
+        while parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0]) - start < segments * SEG:
+            for _ in range(200):
+                cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"k{i}", "v" * 200))
+                i += 1
+        cur.execute("SELECT pg_switch_wal()")
+        c.close()
+        end = parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0])
+        wait(lambda: not [f for f in (pdir / "pg_wal" / "archive_status").iterdir() if f.suffix == ".ready"], 60)
+    standby = Server("walswitch", sdir, sport, "standby")
+    try:
+        t0 = time.monotonic()
+        ws_start(standby, wait_ready=False)
+        done = wait(lambda: (parse_lsn(ws_status(sdir).get("replay_lsn") or "0/0") or 0) >= end - SEG, 300)
+        if done is None:
+            raise RuntimeError(f"prefetch {prefetch}: catch-up did not finish")
+        return time.monotonic() - t0
+    finally:
+        ws_stop(standby)
+
+
+def run(steady: float = 15.0, outage: float = 20.0, prefetch_runs: int = 3) -> dict:
+    results: dict = {"approaches": []}
+    with tempdir("walswitch-compare-") as base:
+        for a in APPROACHES:
+            results["approaches"].append(run_one(base, a, steady, outage))
+        for pf in (0, 4):
+            times = []
+            for r in range(prefetch_runs):
+                sub = base / f"pf{pf}-{r}"
+                sub.mkdir()
+                times.append(prefetch_catchup(sub, pf))
+            results[f"prefetch{pf}_catchup_s"] = times
+            results[f"prefetch{pf}_median_s"] = median(times)
+    results["prefetch_speedup"] = results["prefetch0_median_s"] / results["prefetch4_median_s"]
+    return results
+
+
+def table(res: dict) -> str:
+    cols = ["approach", "restore_calls", "restore_failed", "fetched_twice_bytes", "restart_to_streaming_s",
+            "outage_to_streaming_s", "lag_p50_ms", "lag_p99_ms", "invariant_violations"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in res["approaches"]:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+    r = run(*(float(a) for a in sys.argv[1:3]))
+    print(table(r))
+    print(json.dumps({k: v for k, v in r.items() if k != "approaches"}, indent=2))
