@@ -30,6 +30,7 @@ from bench.common import (Server, free_port, median, percentile, tempdir, walswi
                           ws_init, ws_start, ws_status, ws_stop)
 from xlog.lsn import parse_lsn
 
+TITLE = "the three coordination approaches on one scripted run (steady load, restart, outage, 50 ms archive)"
 APPROACHES = ["stop_walreceiver", "concurrent", "walreceiver_restores"]
 SEG = 1024 * 1024
 
@@ -236,7 +237,7 @@ def prefetch_catchup(base: Path, prefetch: int, segments: int = 40) -> float:
 
 def run(steady: float = 15.0, outage: float = 20.0, prefetch_runs: int = 3) -> dict:
     results: dict = {"approaches": []}
-    with tempdir("walswitch-compare-") as base:
+    with tempdir("walswitch-bench-compare-") as base:
         for a in APPROACHES:
             results["approaches"].append(run_one(base, a, steady, outage))
         for pf in (0, 4):
@@ -248,6 +249,10 @@ def run(steady: float = 15.0, outage: float = 20.0, prefetch_runs: int = 3) -> d
             results[f"prefetch{pf}_catchup_s"] = times
             results[f"prefetch{pf}_median_s"] = median(times)
     results["prefetch_speedup"] = results["prefetch0_median_s"] / results["prefetch4_median_s"]
+    results["table"] = table(results) + (
+        f"\nwalreceiver_restores catch-up of 40 segments, 50 ms restore latency: prefetch 0 "
+        f"{results['prefetch0_median_s']:.2f} s, prefetch 4 {results['prefetch4_median_s']:.2f} s "
+        f"(median of {prefetch_runs}; speed-up {results['prefetch_speedup']:.2f}x)")
     return results
 
 

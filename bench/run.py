@@ -29,6 +29,7 @@ BENCHES = {
     "waldump": "bench.waldump_speed",
     "lag": "bench.replay_lag",
     "catchup": "bench.catchup",
+    "compare": "bench.compare",
 }
 
 
@@ -117,6 +118,8 @@ def main(argv: list[str]) -> int:
             for r in res.get("rows", []):
                 print(f"   {r['metric']}: walswitch {_fmt(r['walswitch'])}, PostgreSQL 15 {_fmt(r['postgresql'])}, "
                       f"ratio {_fmt(r['ratio'])} ({r.get('better', '')} is better)", flush=True)
+            if res.get("table"):
+                print(res["table"], flush=True)
             print(f"   ({res['seconds']} s)", flush=True)
     except KeyboardInterrupt as e:
         status = 130

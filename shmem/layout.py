@@ -150,8 +150,13 @@ WALRCV = RegionLayout("walrcv", (
     ("restore_ahead_lsn", "Q"),     # walreceiver_restores: restored up to
     ("fetch_source", "I"),          # walreceiver: where it gets WAL now (WalSource numbers)
     ("pad2", "4x"),
+    ("force_reply", "B"),           # startup sets when it replayed all it had (WalRcvForceReply)
+    ("pad3", "7x"),
     ("writing_segno", "q"),         # walreceiver, under the lock, BEFORE it creates or opens a
                                     # segment to write it; -1 when it writes none (concurrent guard)
+    ("startup_wait_lsn", "Q"),      # startup writes (walreceiver_restores): the position its reader waits
+                                    # for, then sets the walreceiver's latch; 0 = never published. The
+                                    # walreceiver restores on demand from there (prefetch N: N more).
 ))
 
 SINGLE_REGIONS = (PM, XLOG, ARCHIVER, RECOVERY, WALRCV)

@@ -717,6 +717,7 @@ class Standby:
                 return rec
             if replaying:
                 self.flush_replay()
+                self.force_walreceiver_reply()
             if self.flags.promote or self.promote_requested():
                 raise Promote()
             self.wait_for_wal(reader)
@@ -733,6 +734,18 @@ class Standby:
             self.check_consistency(rec.next_lsn)
         if len(self.redo.pending) == 0 or time.monotonic() - getattr(self, "_published", 0) > 0.2:
             self.publish_replay()
+
+    def force_walreceiver_reply(self) -> None:
+        """Replayed all we had: let the walreceiver tell the primary now (PostgreSQL's WalRcvForceReply),
+        so replay_lag measures replay, not the gap until its next status message."""
+        end = self.redo.last_end_lsn
+        if not end or end == getattr(self, "_reply_forced_at", 0):
+            return
+        self._reply_forced_at = end
+        wr = self.ctx.shared.walrcv
+        if WalRcvState(wr.get("state")) == WalRcvState.STREAMING:
+            wr.update(force_reply=1)
+            self.ctx.shared.latches["walreceiver"].set()
 
     def flush_replay(self) -> None:
         self.redo.flush()
