@@ -557,7 +557,8 @@ class Standby:
                     return
                 w = self.walrcv()
                 wst = WalRcvState(w["state"])
-                if not failed_here and wst in (WalRcvState.STREAMING, WalRcvState.STARTING, WalRcvState.RESTARTING):
+                # A walreceiver back in STARTING is reconnecting (concurrent): the stream is lost.
+                if not failed_here and wst in (WalRcvState.STREAMING, WalRcvState.RESTARTING):
                     set_title(f"startup waiting for {segment_name(self.tli_of_lsn(need), segno, self.segsize)}")
                     self.sleep(1.0)
                     continue
@@ -625,9 +626,15 @@ class Standby:
         if failed:
             # What it gave us does not validate: have it fetch that segment again.
             self.request_refetch(need)
+        # Tell the walreceiver where our reader waits: it restores on demand from there.
+        self.ctx.shared.walrcv.update(startup_wait_lsn=need)
+        self.ctx.shared.latches["walreceiver"].set()
         while True:
             self.check_interrupts()
             w = self.ctx.shared.walrcv.read("state", "flushed_lsn", "fetch_source", "received_tli")
+            if "restore_fatal" in self.ctx.shared.walrcv and self.ctx.shared.walrcv.get("restore_fatal"):
+                # The walreceiver's restore_command died as PostgreSQL treats as fatal for recovery.
+                raise RestoreFatal("recovery stopped: restore_command failed fatally in the walreceiver")
             wst = WalRcvState(w["state"])
             if wst == WalRcvState.STOPPED:
                 self.request_walreceiver(need)
