@@ -333,6 +333,7 @@ class Standby:
                     data = f.read(self.segsize)
             except FileNotFoundError:
                 continue
+            set_title(f"startup recovering {segment_name(tli, segno, self.segsize)}")
             self.reading = (tli, segno)
             if self.cfg["concurrent_guard"]:
                 w = self.ctx.shared.walrcv.read("state", "writing_segno", "flushed_lsn")
