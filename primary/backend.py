@@ -431,11 +431,25 @@ class Backend(Engine):
                 self.reload_config()
             if self.writer is not None:
                 self.timers()
+            elif self.shutdown_mode is None and not self.shared.xlog.get("in_recovery"):
+                self.promote_in_place()
             self.sweep_startups()
             self.shared.latches["backend"].reset()
             if self.shutdown_mode is not None and self.shutdown_ready():
                 return self.shutdown()
             self.update_registrations()
+
+    def promote_in_place(self) -> None:
+        """The startup finished a promotion: become the WAL inserter without dropping a session."""
+        x = self.shared.xlog.read()
+        if not x["insert_lsn"]:
+            return
+        if self.store is not None:
+            self.store.close()
+        self.start_primary(x)
+        self.store = KVStore(kv_path(self.datadir))
+        self.owns_shutdown_checkpoint = True
+        log.debug("backend: promoted in place, WAL inserter at %s", format_lsn(self.writer.insert_lsn))
 
     def loop_timeout(self) -> float:
         return 0.0 if self.commit_queue else LOOP_TIMEOUT
