@@ -202,8 +202,11 @@ class Postmaster:
             self.shared = None
         if self.listen_sock is not None:
             self.listen_sock.close()
-        pidfile.remove(self.datadir)
         log.info("database system is shut down")
+        # The lock file goes last, once the log queue is drained (which may take seconds when a
+        # killed child left it unbalanced): without it, the postmaster does nothing but exit.
+        elog.shutdown()
+        pidfile.remove(self.datadir)
 
     # ------------------------------------------------------------ signals
     def on_signal(self, signum: int, _frame: object) -> None:
@@ -468,10 +471,12 @@ class Postmaster:
 
     def restart_after_crash(self) -> None:
         log.info("all server processes terminated; reinitializing")
+        elog.restart_queue()
         assert self.shared is not None
         self.shared.destroy()
         self.create_shared()
         self.crash_deadline = None
+        self.walreceiver_requested = False
         self.events.emit("crash_restart")
         self.transition(PMState.STARTUP, "reinitialized after crash")
         self.start_startup()
@@ -479,11 +484,9 @@ class Postmaster:
     def startup_done(self) -> None:
         """The startup process finished recovery (primary, or a promoted standby)."""
         if self.state in (PMState.STARTUP, PMState.RECOVERY, PMState.HOT_STANDBY):
-            was_standby = self.state != PMState.STARTUP
-            if was_standby:
-                # The read-only backend must be replaced by a read-write one.
-                for c in self.by_role("backend"):
-                    self.signal_child(c, signal.SIGTERM)
+            if self.state != PMState.STARTUP:
+                # A promoted standby: the backend notices and becomes the WAL inserter itself,
+                # so no session is dropped.
                 self.standby = False
             self.transition(PMState.RUN, "recovery finished")
             log.info("database system is ready to accept connections")

@@ -207,12 +207,14 @@ class KVStore:
 
     def sync(self) -> None:
         """Make everything applied so far durable (checkpoints call this)."""
+        # With synchronous=NORMAL in WAL mode SQLite fsyncs the -wal file before a
+        # checkpoint and the database file after it, so a FULL checkpoint is durable.
+        # Never open and close the database or -wal file ourselves: closing any
+        # descriptor of a file drops all of this process's POSIX locks on it, and
+        # the next connection to close elsewhere would then take itself for the
+        # last one, checkpoint and delete the -wal file under our open connection
+        # (whose later commits would then be invisible and lost).
         self.conn.execute("PRAGMA wal_checkpoint(FULL)")
-        # A FULL checkpoint syncs the database file when it completes; fsync the
-        # -wal file as well, so frames a busy reader kept from being copied
-        # are durable too.
-        _fsync_path(self.path)
-        _fsync_path(self.path + "-wal")
         _fsync_path(os.path.dirname(os.path.abspath(self.path)), directory=True)
 
 

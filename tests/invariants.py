@@ -36,8 +36,14 @@ def check_data_equal(primary: Node, standby: Node, timeout: float = 60.0) -> Non
     missing = sorted(set(prim) - set(stby))[:5]
     extra = sorted(set(stby) - set(prim))[:5]
     differ = sorted(k for k in set(prim) & set(stby) if prim[k] != stby[k])[:5]
-    assert not (missing or extra or differ), (
-        f"standby {standby.name} differs from primary: missing {missing}, extra {extra}, different {differ}")
+    if missing or extra or differ:
+        from primary.kvstore import dump
+        st = standby.status()
+        applied = dump(standby.datadir)[1]
+        raise AssertionError(
+            f"standby {standby.name} differs from primary: missing {missing}, extra {extra}, different {differ}; "
+            f"primary flush {primary.flush_lsn():X}, standby replay {st.get('replay_lsn')}, "
+            f"store applied {applied:X}, state {st.get('recovery_state')}")
 
 
 def check_segments_identical(standby: Node, *sources: str) -> int:

@@ -69,7 +69,13 @@ def cmd_start(args: argparse.Namespace) -> int:
                        f'(PID {info.pid}) running in data directory "{datadir}"?')
     if args.detach:
         return start_detached(datadir, args)
-    return run_postmaster(datadir, cfg, detached=bool(os.environ.get("WALSWITCH_DETACHED")))
+    code = run_postmaster(datadir, cfg, detached=bool(os.environ.get("WALSWITCH_DETACHED")))
+    # Teardown is done (shared memory removed, lock file gone, log drained): leave at once, as
+    # the children do.  A normal interpreter exit joins the log queue's feeder thread, which
+    # blocks forever when a SIGKILLed child left the queue's shared write lock taken.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_postmaster(datadir: str, cfg, detached: bool) -> int:

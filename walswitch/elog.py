@@ -70,16 +70,40 @@ def setup(datadir: str | None, level: str = "info", to_stderr: bool = True) -> N
     multiprocessing_logging.install_mp_handler(root)
 
 
-def flush_child() -> None:
-    """Push out what this (child) process queued, before it exits."""
+def flush_child(timeout: float = 2.0) -> None:
+    """Push out what this (child) process queued, before it exits.
+
+    Bounded: a sibling SIGKILLed while it was writing to the queue's pipe leaves
+    the queue's cross-process write lock taken, and an unbounded join would
+    then hang this exit for ever.  The postmaster replaces the queue at the
+    crash-restart such a kill causes (``restart_queue``).
+    """
     for h in logging.getLogger(LOGGER_NAME).handlers:
         q = getattr(h, "queue", None)
         if q is not None:
             try:
                 q.close()
-                q.join_thread()
+                t = getattr(q, "_thread", None)
+                if t is not None:
+                    t.join(timeout)
             except Exception:
                 pass
+
+
+def restart_queue() -> None:
+    """Postmaster, at a crash-restart: a new queue (a killed child may have wedged the old one).
+
+    The old receiver thread is abandoned (a daemon thread, possibly blocked on a
+    half-written record for good); lines a killed child had not sent are lost,
+    which is why tests never depend on a log line of a process they kill.
+    """
+    root = logging.getLogger(LOGGER_NAME)
+    for h in list(root.handlers):
+        if isinstance(h, multiprocessing_logging.MultiProcessingHandler):
+            h._is_closed = True
+            root.removeHandler(h)
+            root.addHandler(h.sub_handler)
+    multiprocessing_logging.install_mp_handler(root)
 
 
 def shutdown() -> None:

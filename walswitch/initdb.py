@@ -53,6 +53,8 @@ def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> i
     segsize = wal_segsize_mb * 1024 * 1024
     if not valid_segsize(segsize):
         raise InitError(f"argument of --wal-segsize must be a power of 2 between 1 and 1024: {wal_segsize_mb}")
+    if port is not None and not 1 <= port <= 65535:
+        raise InitError(f"invalid port number: {port} (must be 1 .. 65535)")
     if os.path.exists(datadir) and os.listdir(datadir):
         raise InitError(f'directory "{datadir}" exists but is not empty')
     try:
@@ -62,7 +64,7 @@ def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> i
     except OSError as e:
         raise InitError(f'could not create directory "{datadir}": {e.strerror}') from None
     with open(os.path.join(datadir, "walswitch.conf"), "w", encoding="utf-8") as f:
-        f.write(CONF_TEMPLATE.format(port=port or 5432))
+        f.write(CONF_TEMPLATE.format(port=5432 if port is None else port))
     sysid = new_system_identifier()
     start = segment_start(1, segsize)
     writer = WalWriter(os.path.join(datadir, "pg_wal"), 1, segsize, sysid, start, 0)
