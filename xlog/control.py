@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import enum
 import os
+
+from .durable import write_durably
 import struct
 import time
 from dataclasses import dataclass, replace
@@ -137,25 +139,7 @@ def write_control(datadir: str, cf: ControlFile) -> None:
     gdir = os.path.join(datadir, "global")
     os.makedirs(gdir, exist_ok=True)
     path = os.path.join(gdir, CONTROL_FILE_NAME)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    data = cf.pack()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        mv = memoryview(data)
-        while mv:
-            mv = mv[os.write(fd, mv):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(gdir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_durably(path, cf.pack())
 
 
 def new_system_identifier() -> int:

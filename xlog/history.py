@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from .lsn import format_lsn, history_file_name, parse_lsn
-from .writer import fsync_dir
+from .durable import write_durably
 
 
 class HistoryError(ValueError):
@@ -77,21 +77,8 @@ def write_history_file(pg_wal: str, tli: int, entries: list[TimelineHistoryEntry
         if e.tli >= tli:
             raise ValueError(f"history of timeline {tli} cannot list timeline {e.tli}")
     path = os.path.join(pg_wal, history_file_name(tli))
-    tmp = os.path.join(pg_wal, f"xlogtemp.{os.getpid()}")
-    data = format_history(entries).encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        mv = memoryview(data)
-        while mv:
-            mv = mv[os.write(fd, mv):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(pg_wal)
+    write_durably(path, format_history(entries).encode("utf-8"),
+                  tmp=os.path.join(pg_wal, f"xlogtemp.{os.getpid()}"))
     return path
 
 
