@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import enum
 import os
-
-from .durable import write_durably
 import struct
 import time
 from dataclasses import dataclass, replace
 
 import google_crc32c
+
+from .durable import write_durably
 
 CONTROL_FILE_NAME = "walswitch_control"
 CONTROL_MAGIC = 0x57534354  # "WSCT"
