@@ -157,6 +157,10 @@ WALRCV = RegionLayout("walrcv", (
     ("startup_wait_lsn", "Q"),      # startup writes (walreceiver_restores): the position its reader waits
                                     # for, then sets the walreceiver's latch; 0 = never published. The
                                     # walreceiver restores on demand from there (prefetch N: N more).
+    ("restore_fatal", "I"),         # walreceiver writes 1 (then exits 1) after a restore_command failure
+                                    # PostgreSQL treats as fatal; the startup then ends recovery (FATAL).
+                                    # Sticky: no walreceiver clears it (shared memory is recreated anyway)
+    ("pad4", "4x"),
 ))
 
 SINGLE_REGIONS = (PM, XLOG, ARCHIVER, RECOVERY, WALRCV)

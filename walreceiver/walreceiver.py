@@ -1,4 +1,5 @@
-"""The walreceiver: streams WAL from the primary into pg_wal (PostgreSQL 15's walreceiver.c, our code).
+"""The walreceiver: streams WAL from the primary into pg_wal (PostgreSQL 15's walreceiver.c, our code),
+and under ``standby_wal_coordination = walreceiver_restores`` also restores it from the archive.
 
 Forked by the postmaster when the startup process asks for it, run as
 ``main(ctx)``.  It owns: the replication connection (walreceiver/
@@ -6,8 +7,9 @@ libpqwalreceiver.py, our own libpq client; its header says why psycopg2's
 PhysicalReplicationConnection could not do the job), the segment files it is
 writing in ``DIR/pg_wal`` (open descriptors, at most the current and a
 just-completed one), the ``archive_status`` mark of each segment or history
-file it completes, and the walreceiver fields of ``shared.walrcv`` except the
-start request.
+file it completes or restores, the restore_command runs of
+``walreceiver_restores`` (threads, one per segment in flight), and the
+walreceiver fields of ``shared.walrcv`` except the start request.
 
 States (``WalRcvState``, stored in ``shared.walrcv.state``).  ``TRANSITIONS``
 below is the one table of allowed changes, and ``set_walrcv_state`` the one
@@ -21,9 +23,75 @@ fields given with it) under the region's lock, logs at DEBUG and emits a
     WAITING ──startup: new start point on the next timeline──> RESTARTING
     RESTARTING ──START_REPLICATION again on the same connection──> STREAMING
     STARTING / RESTARTING ──the primary has no WAL after that point on that timeline──> WAITING
+    STREAMING / RESTARTING ──stream lost or impossible (concurrent, walreceiver_restores)──> STARTING
+    any running state ──startup: refetch from a start point (walreceiver_restores)──> RESTARTING ──> STARTING
     any running state ──SIGTERM──> STOPPING ──> STOPPED (exit 1)
-    any running state ──FATAL (connect failed, connection lost, timeout, ...)──> STOPPED (exit 1)
+    any running state ──FATAL (stop_walreceiver: connect failed, connection lost, timeout, ...)──> STOPPED (exit 1)
     any running state ──a WAL file write or fsync fails (PostgreSQL: PANIC)──> STOPPED (exit 3: a crash)
+
+What a lost or impossible stream leads to depends on ``standby_wal_coordination``:
+
+* ``stop_walreceiver`` (PostgreSQL): FATAL, exit 1; the startup starts a new walreceiver later.
+* ``concurrent``: the walreceiver stays.  It logs the FATAL line at LOG level,
+  emits ``walreceiver_disconnect`` (if it had a stream), goes back to STARTING
+  ("reconnecting"), waits ``wal_retrieve_retry_interval`` (SIGTERM, postmaster
+  death and its latch cut the wait short) and connects again at the segment
+  start of max(its flushed position, the startup's replay position), on the
+  newest timeline of the startup's target history (``shared.recovery.timeline``
+  and its history file in pg_wal) that holds that segment.  Only a primary of
+  another system (system identifier) ends it: there is nothing to reconnect to.
+* ``walreceiver_restores``: the walreceiver is the only process that fetches
+  WAL.  It starts as PostgreSQL's initial archive recovery does (the archive
+  until it runs dry), then alternates between the two sources: stream while
+  it can; when it cannot (connect failure, WAL removed on the primary, stream
+  lost, no ``primary_conninfo``) it restores with restore_command, in order,
+  the segments from the one holding its flushed position on, until one is
+  missing; then it tries the stream again (a primary of another system, too,
+  only makes the stream impossible: the archive still serves).  A source that failed is tried
+  again no sooner than ``wal_retrieve_retry_interval`` after its failure; after
+  a round that restored something the stream is tried at once.  Each restored
+  segment is renamed into pg_wal by ``startup.restore.restore_file``, marked
+  ``.done`` (``.ready`` under ``archive_mode = always``), reported as a
+  ``restore`` event with ``by = "walreceiver"``, and published as flushed
+  (``flushed_lsn`` = its end, ``written_lsn``, ``received_tli``), with the
+  startup's latch set.  Restores follow the startup: a segment is fetched
+  once the startup is at the segment before it or waits for it (the position
+  it waits for, ``startup_wait_lsn``, or a replay position that stopped
+  moving), so with ``walreceiver_restore_prefetch = 0`` the restore of the
+  next segment does not overlap the replay of the current one, as in
+  PostgreSQL.  ``walreceiver_restore_prefetch = N`` fetches up to N segments
+  beyond the one the startup is at, running up to 1 + N restore_command
+  processes at once for consecutive segments; each is installed when done,
+  and flushed_lsn moves over the contiguous prefix only, in order.  With
+  ``recovery_target_timeline = latest`` it also restores the next timeline's
+  history file, at most once per interval, so the startup can follow.  A
+  restore failure PostgreSQL treats as fatal (signal, exit 126, 127, > 128)
+  is FATAL here (exit 1), with ``restore_fatal`` set in shared memory for the
+  startup, which in PostgreSQL would be the process dying of it.
+
+``fetch_source`` (shared memory, ``startup.states.WalSource`` numbers) says
+where the walreceiver is getting WAL right now: STREAM from START_REPLICATION
+until the stream ends, ARCHIVE while it runs restore_command, NONE while it
+connects or waits.  Under ``walreceiver_restores`` the startup mirrors it in
+its recovery state.
+
+Start requests.  The startup writes ``receive_start`` / ``receive_start_tli``
+and STARTING (first start: the postmaster forks us) or RESTARTING (we run: it
+sets our latch).  RESTARTING after WAITING continues on the same connection.
+RESTARTING while we stream or restore (``walreceiver_restores`` asks for this
+when a segment we gave it does not validate) abandons what we are doing:
+in-flight restores are cancelled, the connection is closed, our flushed
+position moves back to the new start point, and we fetch from there,
+preferring the stream (the archive only after the retry interval).
+
+Segment files and the concurrent guard.  Before creating or opening a segment
+to write it, the walreceiver writes ``writing_segno`` under the region's lock
+(-1 when it writes none); the startup never replaces that file and reads it
+only up to ``flushed_lsn``.  With ``concurrent_guard = on`` (default) a
+segment file is created only if none exists (``xlog.writer.init_segment_file``:
+temp file, link, never overwrite) and written in place otherwise.  With it
+off -- for demonstrations only -- each segment is created the naive way: a
+fresh zero-filled file renamed over whatever is there.
 
 Unlike PostgreSQL, where the walreceiver says STREAMING as soon as it runs,
 ours stays STARTING while it connects; the startup's "never started" check
@@ -32,57 +100,64 @@ If the startup wrote STOPPING or STOPPED while we were busy (it gave up on
 us), a transition we attempt is refused (``set_walrcv_state`` returns None)
 and we stop.  On every way out but SIGKILL the region is left STOPPED with
 pid 0 (the crash-restart cycle recreates shared memory after a SIGKILL); on
-postmaster death we leave at once.
+postmaster death we leave at once (killing our restore_command processes).
 
-Who wakes whom: after each flush we publish ``written_lsn`` / ``flushed_lsn``
-(with ``latest_chunk_start``, ``received_tli``, the message times) and set
-``latches['startup']`` (and the latch of every cascading walsender slot in
-use).  The startup requests a start by writing ``receive_start`` /
-``receive_start_tli`` and state STARTING into the region and raising the
-postmaster's ``start_walreceiver`` flag; it requests a restart (WAITING ->
-RESTARTING) through the region plus our latch ``latches['walreceiver']``.
-We sleep on our latch through ``shmem.sync.WaitSet`` together with the
+Who wakes whom: after each flush or restored segment we publish
+``written_lsn`` / ``flushed_lsn`` (with ``latest_chunk_start``,
+``received_tli``, the message times) and set ``latches['startup']`` (and the
+latch of every cascading walsender slot in use).  We sleep on our latch
+``latches['walreceiver']`` through ``shmem.sync.WaitSet`` together with the
 socket, ``ctx.death_fd`` and a self-pipe our signal handlers write to
-(SIGTERM: stop; SIGHUP: re-read the settings; SIGUSR1: just wake).
+(SIGTERM: stop; SIGHUP: re-read the settings; SIGUSR1: just wake); the
+startup sets it with each request and with ``force_reply`` (PostgreSQL's
+WalRcvForceReply: it replayed all it had; we send a status update at once),
+our restore threads when they finish.
 
 Streaming, as XLogWalRcvProcessMsg/XLogWalRcvWrite/XLogWalRcvFlush: every
 XLogData payload is written straight from the receive buffer into the
 segment file at its offset, one ``pwrite`` per message (per segment part, if
-a message crosses a segment boundary); a segment file is created zero-filled
-at full size first (``xlog.writer.init_segment_file``: temp name, fsync,
-rename, as XLogFileInit).  After each batch (everything readable, at most
-MAX_BATCH_BYTES): publish written_lsn, fdatasync each touched file once,
-publish flushed_lsn, wake the startup, send a status update (``r``: write,
-flush, apply = ``shared.recovery.replay_lsn``).  A completed segment is then
-closed and marked ``.done`` (``.ready`` under ``archive_mode = always``, as
-PostgreSQL), with a ``segment_completed`` event.  Keepalives asking for a
-reply get one at once; a status update goes out at least every
-``wal_receiver_status_interval``; after half of ``wal_receiver_timeout``
-without a message we ask the primary for a reply, and after all of it we
-stop with "terminating walreceiver due to timeout".  ``wal_receiver_timeout``
-also bounds connecting and each command round trip (PostgreSQL waits there
-without a bound).
+a message crosses a segment boundary).  After each batch (everything
+readable, at most MAX_BATCH_BYTES): publish written_lsn, fdatasync each
+touched file once, publish flushed_lsn, wake the startup, send a status
+update (``r``: write, flush, apply = ``shared.recovery.replay_lsn``).  A
+completed segment is then closed and marked ``.done`` (``.ready`` under
+``archive_mode = always``, as PostgreSQL), with a ``segment_completed``
+event.  Keepalives asking for a reply get one at once; a status update goes
+out at least every ``wal_receiver_status_interval``; after half of
+``wal_receiver_timeout`` without a message we ask the primary for a reply,
+and after all of it the stream counts as lost ("terminating walreceiver due
+to timeout").  ``wal_receiver_timeout`` also bounds connecting and each
+command round trip (PostgreSQL waits there without a bound).
 
-Hooks for later work are single calls, now no-ops: ``hook(point)`` at the
-named injection points (start, before_write, after_write, before_flush,
-after_flush, stop) and ``cannot_stream(fatal)``, where
-``standby_wal_coordination = walreceiver_restores`` will run restore_command
-itself instead of exiting.
+Injection points (``walswitch.inject``): ``walreceiver_start`` (before the
+first connection), ``walreceiver_stop`` (on the way out), ``before_write`` /
+``after_write`` (around each XLogData write), ``before_flush`` (written, not
+fsynced), ``after_flush`` (fsynced, not yet published), and under
+``walreceiver_restores`` ``before_restore`` / ``after_restore`` (before a
+restore_command starts; the restored file in place, not yet published).
+Whether anything is armed is checked once per received batch (one stat of
+``DIR/inject/arm``), so an unarmed point costs an attribute test.
 """
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
+import threading
 import time
+from dataclasses import dataclass, field
 
-from startup.states import WalRcvState
+from startup.restore import RestoreFatal, RestoreResult, describe_status, restore_file
+from startup.states import WalRcvState, WalSource
 from walswitch import elog
+from walswitch.inject import InjectedError, inject
 from walswitch.proc import ChildContext, set_title
 from walreceiver.libpqwalreceiver import (ConnectionLost, ProtocolViolation, ServerError, TimeoutExpired,
                                           WalRcvConn, WalRcvError, masked_conninfo)
 from xlog import archive_status
-from xlog.lsn import format_lsn, history_file_name, segment_name
+from xlog.history import HistoryError, read_history
+from xlog.lsn import format_lsn, history_file_name, segment_name, segment_start, segno_of
 from xlog.writer import fsync_dir, init_segment_file
 
 log = elog.logger()
@@ -91,15 +166,17 @@ S = WalRcvState
 TRANSITIONS: dict[WalRcvState, set[WalRcvState]] = {
     S.STOPPED: {S.STARTING},                                    # startup requests a start
     S.STARTING: {S.STREAMING, S.WAITING, S.STOPPING, S.STOPPED},
-    S.STREAMING: {S.WAITING, S.STOPPING, S.STOPPED},
+    S.STREAMING: {S.WAITING, S.STARTING, S.STOPPING, S.STOPPED},  # STARTING: stream lost, we stay
     S.WAITING: {S.RESTARTING, S.STOPPING, S.STOPPED},            # RESTARTING: startup
-    S.RESTARTING: {S.STREAMING, S.WAITING, S.STOPPING, S.STOPPED},
+    S.RESTARTING: {S.STREAMING, S.WAITING, S.STARTING, S.STOPPING, S.STOPPED},
     S.STOPPING: {S.STOPPED},
 }
 
 PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000      # 2000-01-01 in Unix microseconds
 MAX_BATCH_BYTES = 4 << 20                         # flush at least this often while catching up
 TITLE_INTERVAL = 0.25                             # seconds between process-title updates
+LAUNCH_POLL = 0.01                                # re-check the startup's position while a restore waits on it
+STARTUP_STALL = 0.02                              # replay position unchanged this long: the startup waits for WAL
 
 
 def now_us() -> int:
@@ -115,22 +192,38 @@ def _state_name(s: WalRcvState) -> str:
     return s.name.lower()
 
 
-def set_walrcv_state(ctx: ChildContext, new: WalRcvState, reason: str, **fields: object) -> WalRcvState | None:
+class RestartRequested(Exception):
+    """The startup wrote RESTARTING with a start point we have not taken yet."""
+
+
+def set_walrcv_state(ctx: ChildContext, new: WalRcvState, reason: str, *,
+                     taken: tuple[int, int] | None | bool = False, **fields: object) -> WalRcvState | None:
     """The one place the walreceiver changes its state: check, store (with fields), log, record.
 
     Returns the previous state.  Returns None, changing nothing, when the
     startup process has meanwhile written STOPPING or STOPPED and the table
     does not allow ``new`` from there: a stop is pending.  Any other
     transition outside the table is a bug and raises.
+
+    ``taken`` (False: do not check) is the (receive_start, receive_start_tli)
+    of the RESTARTING request we are acting on, or None if we took none: when
+    the region says RESTARTING with another request, the startup asked for a
+    new start point meanwhile; nothing changes and RestartRequested is raised
+    (a stop still wins).
     """
     wr = ctx.shared.walrcv
     with wr.locked():
         old = WalRcvState(wr.get("state"))
-        if new != old and new not in TRANSITIONS[old]:
-            if old in (S.STOPPING, S.STOPPED):
-                return None
-            raise RuntimeError(f"invalid walreceiver state transition {old.name} -> {new.name}")
-        wr.set(state=int(new), **fields)
+        pending = (taken is not False and old == S.RESTARTING and new not in (S.STOPPING, S.STOPPED)
+                   and (taken is None or (wr.get("receive_start"), wr.get("receive_start_tli")) != taken))
+        if not pending:
+            if new != old and new not in TRANSITIONS[old]:
+                if old in (S.STOPPING, S.STOPPED):
+                    return None
+                raise RuntimeError(f"invalid walreceiver state transition {old.name} -> {new.name}")
+            wr.set(state=int(new), **fields)
+    if pending:
+        raise RestartRequested()
     if new != old:
         log.debug("walreceiver state %s -> %s: %s", _state_name(old), _state_name(new), reason)
         ctx.events.emit("walreceiver_state", **{"from": _state_name(old), "to": _state_name(new), "reason": reason})
@@ -139,7 +232,11 @@ def set_walrcv_state(ctx: ChildContext, new: WalRcvState, reason: str, **fields:
 
 # ---------------------------------------------------------------- ways out
 class Fatal(Exception):
-    """Leave with a FATAL line (exit 1); ``stream_failure`` marks a lost or impossible stream."""
+    """Leave with a FATAL line (exit 1); ``stream_failure`` marks a lost or impossible stream.
+
+    Under ``concurrent`` and ``walreceiver_restores`` a stream failure is not
+    a way out: the walreceiver logs it at LOG level and carries on.
+    """
 
     def __init__(self, message: str, detail: str | None = None, reason: str = "error",
                  stream_failure: bool = False):
@@ -148,6 +245,17 @@ class Fatal(Exception):
         self.detail = detail
         self.reason = reason
         self.stream_failure = stream_failure
+
+    def text(self) -> str:
+        return self.message + (f"\nDETAIL:  {self.detail}" if self.detail else "")
+
+
+class RestoreFailed(Fatal):
+    """restore_command failed the way PostgreSQL treats as fatal: FATAL, exit 1, and ``restore_fatal`` set so the
+    startup ends recovery as PostgreSQL's startup process would."""
+
+    def __init__(self, message: str):
+        super().__init__(message, reason="restore failed")
 
 
 class Panic(Fatal):
@@ -160,6 +268,26 @@ class StopRequested(Exception):
 
 class PostmasterDied(Exception):
     pass
+
+
+@dataclass
+class RestoreJob:
+    """One segment being restored by a thread (walreceiver_restores): candidates newest timeline first."""
+    segno: int
+    names: list[str]
+    started: float
+    thread: threading.Thread | None = None
+    results: list[RestoreResult] = field(default_factory=list)
+    child: int | None = None          # the restore_command's pid (its process group) while it runs
+    cancel: bool = False
+    cancelled: bool = False
+    fatal: str | None = None
+    error: str | None = None
+    done: bool = False
+
+    @property
+    def ok(self) -> RestoreResult | None:
+        return next((r for r in self.results if r.ok), None)
 
 
 class WalReceiver:
@@ -178,9 +306,11 @@ class WalReceiver:
         self.sig_r = self.sig_w = -1
         self.claimed = False
         self.connected = False
+        self.first = True                        # next START_REPLICATION is the first of a connection run
         # Streaming position (PostgreSQL's LogstreamResult) and the current request.
         self.start = 0
         self.tli = 0
+        self.request = (0, 0)                    # the startup's last start point (receive_start, tli)
         self.write_ptr = 0
         self.flush_ptr = 0
         self.segsize = 0
@@ -189,6 +319,15 @@ class WalReceiver:
         self.seg_bytes: dict[int, int] = {}      # segno -> bytes written this run
         self.dirty: set[int] = set()
         self.completed: list[int] = []
+        # RESTARTING request we act on (WAITING -> RESTARTING -> STREAMING on the same connection).
+        self.taken: tuple[int, int] | None = None
+        self.awaiting_restart = False
+        # walreceiver_restores: restore threads in flight, segments restored but not yet published.
+        self.jobs: dict[int, RestoreJob] = {}
+        self.restored_ahead: dict[int, tuple[int, str, int]] = {}   # segno -> (tli, file, bytes)
+        self.history_tried_at = -math.inf
+        self.replay_seen = -1                    # the startup's replay position, and since when it has not moved
+        self.replay_seen_at = 0.0
         # Sender message times (ProcessWalSndrMessage), published with each flush.
         self.last_send_time = 0                  # PostgreSQL epoch microseconds
         self.last_recv_us = 0
@@ -200,6 +339,10 @@ class WalReceiver:
         self.last_reply_write = -1
         self.last_reply_flush = -1
         self.title_at = 0.0
+        # Injection points: is anything armed (re-checked once per batch)?
+        self.inject_env = bool(os.environ.get("WALSWITCH_INJECT"))
+        self.inject_arm_path = os.path.join(ctx.datadir, "inject", "arm")
+        self.armed = self.inject_env
 
     # ------------------------------------------------------------ settings and signals
     def load_settings(self) -> None:
@@ -207,15 +350,23 @@ class WalReceiver:
         self.status_interval = float(self.cfg["wal_receiver_status_interval"])
         self.do_fsync = bool(self.cfg["fsync"])
         self.archive_always = self.cfg["archive_mode"] == "always"
+        self.mode = self.cfg["standby_wal_coordination"]
+        self.guard = bool(self.cfg["concurrent_guard"])
+        self.retry_interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
+        self.prefetch = int(self.cfg["walreceiver_restore_prefetch"])
 
     def reload(self) -> None:
         from walswitch import config as cfgmod
         overrides = [(k, str(v)) for k, v in self.cfg.values.items() if self.cfg.sources.get(k) == "command line"]
         try:
-            self.cfg = cfgmod.load(self.ctx.datadir, overrides)
+            cfg = cfgmod.load(self.ctx.datadir, overrides)
         except cfgmod.ConfigError as e:
             log.error("configuration file was not reloaded: %s", e)
             return
+        if cfg["standby_wal_coordination"] != self.mode:
+            log.info('parameter "standby_wal_coordination" cannot be changed without restarting the server')
+            cfg.values["standby_wal_coordination"] = self.mode
+        self.cfg = cfg
         self.ctx.config = self.cfg
         self.load_settings()
 
@@ -245,7 +396,7 @@ class WalReceiver:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def check_interrupts(self) -> None:
-        """ProcessWalRcvInterrupts: death, SIGTERM, SIGHUP."""
+        """ProcessWalRcvInterrupts: death, SIGTERM, SIGHUP; and a restart request of the startup."""
         try:
             while os.read(self.sig_r, 64):
                 pass
@@ -260,24 +411,35 @@ class WalReceiver:
             self.reload()
             if self.conn is not None and self.conn.copy == "both":
                 self.send_reply(force=True, request_reply=False)
+        self.check_restart()
 
-    # ------------------------------------------------------------ hooks (issue 4)
-    def hook(self, point: str, **info: object) -> None:
-        """A named injection point; the shared injection module (WALSWITCH_INJECT) plugs in here.
+    def check_restart(self) -> None:
+        """A RESTARTING request we have not taken (one unlocked read of the state)."""
+        if (not self.awaiting_restart and self.taken is None and self.claimed
+                and self.wr.get("state") == int(S.RESTARTING)):
+            raise RestartRequested()
 
-        Points: start, before_write, after_write (one XLogData write done),
-        before_flush (the batch written and written_lsn published, not yet
-        fsynced), after_flush (fsynced, flushed_lsn not yet published), stop.
-        """
+    def set_state(self, new: WalRcvState, reason: str, **fields: object) -> WalRcvState:
+        """set_walrcv_state for this process: a pending stop raises StopRequested; leaving RESTARTING
+        ends the request we acted on."""
+        old = set_walrcv_state(self.ctx, new, reason, taken=self.taken, **fields)
+        if old is None:
+            raise StopRequested()
+        if new != S.RESTARTING:
+            self.taken = None
+        return old
 
-    def cannot_stream(self, fatal: Fatal) -> bool:
-        """Streaming failed (no connection, connection lost, WAL removed, timeout).
+    # ------------------------------------------------------------ injection points
+    def refresh_inject(self) -> None:
+        """Once per batch: is any point armed (environment, or the run-time arm file)?"""
+        self.armed = self.inject_env or os.path.exists(self.inject_arm_path)
 
-        Under ``standby_wal_coordination = walreceiver_restores`` the
-        walreceiver will run restore_command itself here and return True to
-        keep going; for now it always gives up (False) and the process exits.
-        """
-        return False
+    def hook(self, point: str, refresh: bool = False, **info: object) -> None:
+        """A named injection point (walswitch.inject); an attribute test when nothing is armed."""
+        if refresh:
+            self.refresh_inject()
+        if self.armed:
+            inject(point, self.ctx, **info)
 
     # ------------------------------------------------------------ life cycle
     def run(self) -> int:
@@ -286,18 +448,24 @@ class WalReceiver:
             return 1
         code = 1
         try:
-            self.hook("start", start=format_lsn(self.start), tli=self.tli)
+            self.hook("walreceiver_start", refresh=True, start=format_lsn(self.start), tli=self.tli)
             self.work()
         except StopRequested:
-            set_walrcv_state(self.ctx, S.STOPPING, "shutdown requested")
+            try:
+                set_walrcv_state(self.ctx, S.STOPPING, "shutdown requested")
+            except RestartRequested:
+                pass
             code = self.leave("terminating walreceiver process due to administrator command", None, "shutdown")
         except Panic as e:
             self.leave(e.message, e.detail, e.reason, flush=False)
             code = 3
         except Fatal as e:
-            if e.stream_failure and self.cannot_stream(e):
-                pass   # issue 4: the walreceiver_restores loop continues here
             code = self.leave(e.message, e.detail, e.reason)
+            if isinstance(e, RestoreFailed):
+                with self.wr.locked():
+                    self.wr.set(restore_fatal=1)
+        except InjectedError as e:
+            code = self.leave(str(e), None, "injected error", flush=False)
         except PostmasterDied:
             self.die_now()
         finally:
@@ -319,10 +487,12 @@ class WalReceiver:
         if self.connected:
             self.ctx.events.emit("walreceiver_disconnect", reason=reason, error=message,
                                  flushed_lsn=format_lsn(self.flush_ptr), timeline=self.tli)
+            self.connected = False
         return code
 
     def cleanup(self) -> None:
-        """WalRcvDie: region STOPPED with pid 0, files closed, connection ended, startup woken."""
+        """WalRcvDie: restores cancelled, region STOPPED with pid 0, files closed, connection ended, startup woken."""
+        self.cancel_jobs(wait=True)
         for fd in self.files.values():
             try:
                 os.close(fd)
@@ -331,18 +501,28 @@ class WalReceiver:
         self.files.clear()
         if self.claimed:
             try:
-                set_walrcv_state(self.ctx, S.STOPPED, "walreceiver exiting", pid=0)
+                set_walrcv_state(self.ctx, S.STOPPED, "walreceiver exiting", pid=0, writing_segno=-1,
+                                 fetch_source=int(WalSource.NONE))
             except Exception as e:  # noqa: BLE001
                 log.debug("could not mark the walreceiver stopped: %s", e)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
         self.startup_latch.set()
-        self.hook("stop")
+        try:
+            self.hook("walreceiver_stop", refresh=True)
+        except InjectedError:
+            pass
 
     def die_now(self) -> None:
         """The postmaster is gone: leave at once (unlocked best-effort STOPPED; nobody else is left)."""
         try:
+            for job in list(self.jobs.values()):
+                if job.child:
+                    try:
+                        os.killpg(job.child, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             if self.claimed and self.wr.get("pid") == os.getpid():
                 self.wr.set(state=int(S.STOPPED), pid=0)
         finally:
@@ -358,11 +538,13 @@ class WalReceiver:
                 self.start = self.wr.get("receive_start")
                 self.tli = self.wr.get("receive_start_tli")
                 self.wr.set(pid=os.getpid(), conninfo="", sender_host="", sender_port=0,
-                            last_msg_send_us=t, last_msg_recv_us=t, latest_end_time_us=t)
+                            last_msg_send_us=t, last_msg_recv_us=t, latest_end_time_us=t,
+                            writing_segno=-1, fetch_source=int(WalSource.NONE), restore_ahead_lsn=0)
                 self.claimed = True
             elif st == S.STOPPING:
                 self.wr.set(state=int(S.STOPPED))
         if self.claimed:
+            self.request = (self.start, self.tli)
             return True
         if st == S.STOPPING:
             log.debug("walreceiver state stopping -> stopped: asked to stop before it started")
@@ -386,13 +568,97 @@ class WalReceiver:
         self.segsize = cf.wal_segsize
         if not self.start or not self.tli:
             raise Fatal(f"invalid streaming start point {format_lsn(self.start)} on timeline {self.tli}")
-        self.connect()
-        first = True
+        self.write_ptr = self.flush_ptr = self.start
+        if self.mode == "concurrent":
+            self.run_concurrent()
+        elif self.mode == "walreceiver_restores":
+            self.run_restores()
+        else:
+            self.run_stop_walreceiver()
+
+    def run_stop_walreceiver(self) -> None:
+        """PostgreSQL's walreceiver: one connection run; any failure ends the process (the startup restarts it)."""
+        while True:
+            try:
+                self.session()
+            except RestartRequested:
+                self.take_restart()
+
+    def run_concurrent(self) -> None:
+        """Stay: on a lost or impossible stream, wait the retry interval and reconnect."""
+        while True:
+            try:
+                try:
+                    self.session()
+                except Fatal as e:
+                    if not e.stream_failure or isinstance(e, Panic):
+                        raise
+                    self.stream_failed(e, "reconnecting")
+                set_title("walreceiver waiting to reconnect")
+                self.pause_until(time.monotonic() + self.retry_interval)
+                self.start, self.tli = self.reconnect_point()
+            except RestartRequested:
+                self.take_restart()
+
+    def run_restores(self) -> None:
+        """walreceiver_restores: the stream when it works, else the archive; each source retried per interval.
+
+        The first round is PostgreSQL's initial archive recovery: the archive
+        first, the stream as soon as the archive runs dry.
+        """
+        stream_next = archive_next = 0.0
+        initial = True
+        while True:
+            try:
+                conninfo = bool(self.cfg["primary_conninfo"])
+                command = self.cfg["restore_command"]
+                if initial and command:
+                    initial = False
+                    self.archive_round()
+                    archive_next = time.monotonic() + self.retry_interval
+                    self.maybe_restore_history()
+                initial = False
+                if conninfo and time.monotonic() >= stream_next:
+                    self.start = segment_start(segno_of(self.flush_ptr, self.segsize), self.segsize)
+                    self.tli = self.candidates(segno_of(self.flush_ptr, self.segsize))[0]
+                    try:
+                        self.session()
+                    except Fatal as e:
+                        if not e.stream_failure or isinstance(e, Panic):
+                            raise
+                        self.stream_failed(e, "restoring from archive" if command else "waiting to reconnect")
+                        stream_next = time.monotonic() + self.retry_interval
+                if command and time.monotonic() >= archive_next:
+                    log.debug("walreceiver switched WAL source from stream to archive")
+                    restored = self.archive_round()
+                    archive_next = time.monotonic() + self.retry_interval
+                    if restored:
+                        stream_next = 0.0      # the archive ran dry after giving us WAL: the stream may have the rest
+                    self.maybe_restore_history()
+                wake = min(stream_next if conninfo else math.inf, archive_next if command else math.inf)
+                if wake > time.monotonic():
+                    self.set_fetch_source(WalSource.NONE)
+                    set_title("walreceiver waiting for WAL to become available")
+                    self.pause_until(wake)
+            except RestartRequested:
+                self.take_restart()
+                initial = False
+                stream_next = 0.0
+                archive_next = time.monotonic() + self.retry_interval   # prefer the stream for a refetch
+
+    def session(self) -> None:
+        """Connect (unless connected) and stream from self.start on self.tli, across ends of timelines.
+
+        Leaves only by an exception: Fatal (stream_failure for a lost or
+        impossible stream), RestartRequested, StopRequested, PostmasterDied.
+        """
+        if self.conn is None:
+            self.connect()
         while True:
             primary_tli = self.identify_system()
             self.fetch_history_files(self.tli, primary_tli)
-            streaming, _ = self.start_streaming(first)
-            first = False
+            streaming, _ = self.start_streaming(self.first)
+            self.first = False
             if streaming:
                 self.stream()
                 log.info("replication terminated by primary server\nDETAIL:  End of WAL reached on timeline %d at %s.",
@@ -402,21 +668,134 @@ class WalReceiver:
             else:
                 log.info("primary server contains no more WAL on requested timeline %d", self.tli)
             self.close_open_segments()
+            self.set_fetch_source(WalSource.NONE)
             log.debug("walreceiver ended streaming and awaits new instructions")
             self.wait_for_start_position()
             if self.conn is None or not self.conn.usable():
                 log.debug("replication connection is no longer usable; reconnecting")
                 if self.conn is not None:
                     self.conn.close()
+                    self.conn = None
                 self.connect()
 
+    def stream_failed(self, e: Fatal, next_reason: str) -> None:
+        """A lost or impossible stream we survive: flush, log the FATAL line at LOG, back to STARTING."""
+        self.flush(dying=True)
+        self.release_segments()
+        log.info("%s", e.text())
+        if self.connected:
+            self.ctx.events.emit("walreceiver_disconnect", reason=e.reason, error=e.message,
+                                 flushed_lsn=format_lsn(self.flush_ptr), timeline=self.tli)
+        self.connected = False
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.first = True
+        self.set_state(S.STARTING, next_reason, fetch_source=int(WalSource.NONE))
+
+    def reconnect_point(self) -> tuple[int, int]:
+        """concurrent: the segment start of max(our flushed position, the startup's replay position)."""
+        pos = max(self.flush_ptr, self.wr.get("flushed_lsn"), self.shared.recovery.get("replay_lsn"))
+        segno = segno_of(pos, self.segsize)
+        return segment_start(segno, self.segsize), self.candidates(segno)[0]
+
+    def take_restart(self) -> None:
+        """Act on a RESTARTING request written while we streamed, restored or waited to retry."""
+        self.cancel_jobs(wait=True)
+        # What we wrote past the new start point is fetched again: no flush is published now.
+        self.release_segments(sync=False)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        with self.wr.locked():
+            st = WalRcvState(self.wr.get("state"))
+            if st != S.RESTARTING:
+                return
+            start, tli = self.wr.get("receive_start"), self.wr.get("receive_start_tli")
+            fields: dict[str, int] = {"state": int(S.STARTING), "fetch_source": int(WalSource.NONE),
+                                      "writing_segno": -1}
+            if self.mode == "walreceiver_restores":
+                cur = self.wr.get("flushed_lsn")
+                fields.update(flushed_lsn=min(cur, start), written_lsn=min(self.wr.get("written_lsn"), start),
+                              latest_chunk_start=min(self.wr.get("latest_chunk_start"), start), received_tli=tli)
+            self.wr.set(**fields)
+        reason = f"restart requested at {format_lsn(start)} on timeline {tli}"
+        log.debug("walreceiver state restarting -> starting: %s", reason)
+        self.ctx.events.emit("walreceiver_state", **{"from": "restarting", "to": "starting", "reason": reason})
+        if self.connected:
+            self.ctx.events.emit("walreceiver_disconnect", reason="restart requested", error=reason,
+                                 flushed_lsn=format_lsn(self.flush_ptr), timeline=self.tli)
+        self.connected = False
+        self.first = True
+        self.taken = None
+        self.start, self.tli, self.request = start, tli, (start, tli)
+        self.write_ptr = self.flush_ptr = start
+        first_segno = segno_of(start, self.segsize)
+        for segno in [s for s in self.restored_ahead if s >= first_segno]:
+            del self.restored_ahead[segno]
+        self.startup_latch.set()
+
+    def pause_until(self, deadline: float) -> None:
+        """Sleep until deadline (math.inf: no bound); SIGTERM, death and a restart request cut it short."""
+        from shmem.sync import WaitSet
+        ws = WaitSet(self.latch, [self.ctx.death_fd, self.sig_r])
+        try:
+            while True:
+                self.check_interrupts()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                ws.wait(None if math.isinf(remaining) else remaining)
+        finally:
+            ws.close()
+
+    def set_fetch_source(self, src: WalSource) -> None:
+        if self.wr.get("fetch_source") != int(src):
+            with self.wr.locked():
+                self.wr.set(fetch_source=int(src))
+
+    # ------------------------------------------------------------ timelines
+    def target_timelines(self) -> list[tuple[int, int, int | None]]:
+        """(tli, begin, end) of the startup's target timeline and its ancestors, oldest first (end None: open).
+
+        The target is max(``shared.recovery.timeline``, ours); its history
+        comes from pg_wal.  Without one we only know our own timeline.
+        """
+        target = max(self.shared.recovery.get("timeline") or 0, self.tli, 1)
+        hist = []
+        if target > 1:
+            try:
+                with open(os.path.join(self.pg_wal, history_file_name(target)), encoding="utf-8") as f:
+                    hist = read_history(f.read())
+            except (FileNotFoundError, HistoryError):
+                return [(self.tli, 0, None)]
+        out: list[tuple[int, int, int | None]] = []
+        begin = 0
+        for e in hist:
+            out.append((e.tli, begin, e.switchpoint))
+            begin = e.switchpoint
+        out.append((target, begin, None))
+        return out
+
+    def candidates(self, segno: int) -> list[int]:
+        """Timelines that hold segment segno, newest first (XLogFileReadAnyTLI's order)."""
+        out = []
+        for tli, begin, end in reversed(self.target_timelines()):
+            if begin and segno < segno_of(begin, self.segsize):
+                continue
+            if end is not None and segno > segno_of(end - 1, self.segsize):
+                continue
+            out.append(tli)
+        return out or [self.tli]
+
+    # ------------------------------------------------------------ the replication connection
     def deadline(self) -> float | None:
         return time.monotonic() + self.rcv_timeout if self.rcv_timeout > 0 else None
 
     def connect(self) -> None:
         conninfo = self.cfg["primary_conninfo"]
         appname = self.cfg["cluster_name"] or "walreceiver"
-        set_title("walreceiver")
+        set_title("walreceiver connecting")
         try:
             self.conn = WalRcvConn.connect(conninfo, appname, deadline=self.deadline(),
                                            interrupt_fds=[self.ctx.death_fd, self.sig_r],
@@ -451,19 +830,23 @@ class WalReceiver:
         if nrows != 1 or nfields < 3:
             raise Fatal("invalid response from primary server",
                         f"Could not identify system: got {nrows} rows and {nfields} fields, "
-                        f"expected 1 rows and 3 or more fields.")
+                        f"expected 1 rows and 3 or more fields.", stream_failure=True)
         row = tup.rows[0]
         primary_sysid = (row[0] or b"").decode()
         try:
             primary_tli = int(row[1] or b"0")
         except ValueError:
-            raise Fatal("invalid response from primary server", "Could not identify system: invalid timeline.") \
-                from None
+            raise Fatal("invalid response from primary server", "Could not identify system: invalid timeline.",
+                        stream_failure=True) from None
         if primary_sysid != str(self.sysid):
+            # Nothing to reconnect to: FATAL.  Under walreceiver_restores, though, we are the only
+            # fetcher and the archive still serves: the stream counts as impossible, not our end.
             raise Fatal("database system identifier differs between the primary and standby",
-                        f"The primary's identifier is {primary_sysid}, the standby's identifier is {self.sysid}.")
+                        f"The primary's identifier is {primary_sysid}, the standby's identifier is {self.sysid}.",
+                        reason="foreign primary", stream_failure=self.mode == "walreceiver_restores")
         if primary_tli < self.tli:
-            raise Fatal(f"highest timeline {primary_tli} of the primary is behind recovery timeline {self.tli}")
+            raise Fatal(f"highest timeline {primary_tli} of the primary is behind recovery timeline {self.tli}",
+                        stream_failure=True)
         return primary_tli
 
     def fetch_history_files(self, first: int, last: int) -> None:
@@ -479,11 +862,13 @@ class WalReceiver:
             ntup, nfields = (len(tup.rows), len(tup.columns)) if tup else (0, 0)
             if ntup != 1 or nfields != 2:
                 raise Fatal("invalid response from primary server",
-                            f"Expected 1 tuple with 2 fields, got {ntup} tuples with {nfields} fields.")
+                            f"Expected 1 tuple with 2 fields, got {ntup} tuples with {nfields} fields.",
+                            stream_failure=True)
             name = (tup.rows[0][0] or b"").decode()
             content = tup.rows[0][1] or b""
             if name != fname:
-                raise Fatal(f"primary reported unexpected file name for timeline history file of timeline {tli}")
+                raise Fatal(f"primary reported unexpected file name for timeline history file of timeline {tli}",
+                            stream_failure=True)
             write_history_raw(self.pg_wal, fname, content)
             self.mark_archive_status(fname)
             self.ctx.events.emit("history_fetched", source="stream", file=fname, bytes=len(content))
@@ -510,13 +895,15 @@ class WalReceiver:
             log.info("started streaming WAL from primary at %s on timeline %d", format_lsn(self.start), self.tli)
         else:
             log.info("restarted WAL streaming at %s on timeline %d", format_lsn(self.start), self.tli)
-        if set_walrcv_state(self.ctx, S.STREAMING, f"streaming from {format_lsn(self.start)} on timeline {self.tli}") \
-                is None:
-            raise StopRequested()
+        self.set_state(S.STREAMING, f"streaming from {format_lsn(self.start)} on timeline {self.tli}",
+                       fetch_source=int(WalSource.STREAM))
         self.connected = True
         t = self.conn.target
         self.ctx.events.emit("walreceiver_connect", start_lsn=format_lsn(self.start), timeline=self.tli,
-                             host=t.host, port=t.port, restart=not first)
+                             host=t.host, port=t.port, restart=not first, coordination=self.mode)
+        self.restored_ahead.clear()   # streamed from here on; what was restored ahead is written over in place
+        if self.mode == "walreceiver_restores":
+            self.remove_stale_restore_files()
         self.update_title(force=True)
         return True, 0
 
@@ -531,25 +918,31 @@ class WalReceiver:
 
     def wait_for_start_position(self) -> None:
         """WalRcvWaitForStartPosition: WAITING until the startup writes RESTARTING with a new start point."""
-        if set_walrcv_state(self.ctx, S.WAITING, f"end of WAL on timeline {self.tli} at {format_lsn(self.write_ptr)}",
-                            receive_start=0, receive_start_tli=0) is None:
-            raise StopRequested()
+        self.set_state(S.WAITING, f"end of WAL on timeline {self.tli} at {format_lsn(self.write_ptr)}",
+                       receive_start=0, receive_start_tli=0, fetch_source=int(WalSource.NONE))
         set_title("walreceiver idle")
         self.startup_latch.set()
         from shmem.sync import WaitSet
         ws = WaitSet(self.latch, [self.ctx.death_fd, self.sig_r])
+        self.awaiting_restart = True
         try:
             while True:
-                self.check_interrupts()
-                w = self.wr.read("state", "receive_start", "receive_start_tli")
-                st = WalRcvState(w["state"])
-                if st == S.RESTARTING:
-                    self.start, self.tli = w["receive_start"], w["receive_start_tli"]
-                    break
+                with self.wr.locked():
+                    w = self.wr.snapshot("state", "receive_start", "receive_start_tli", "flushed_lsn")
+                    st = WalRcvState(w["state"])
+                    if st == S.RESTARTING:
+                        self.start, self.tli = w["receive_start"], w["receive_start_tli"]
+                        self.taken = self.request = (self.start, self.tli)
+                        if self.mode == "walreceiver_restores" and w["flushed_lsn"] > self.start:
+                            # Published again as it arrives on the new timeline.
+                            self.wr.set(flushed_lsn=self.start, received_tli=self.tli)
+                        break
                 if st in (S.STOPPING, S.STOPPED):
                     raise StopRequested()
+                self.check_interrupts()
                 ws.wait(None)
         finally:
+            self.awaiting_restart = False
             ws.close()
         set_title(f"walreceiver restarting at {format_lsn(self.start)}")
 
@@ -566,6 +959,7 @@ class WalReceiver:
             self.send_reply(force=True, request_reply=False)
             while True:
                 self.check_interrupts()
+                self.refresh_inject()
                 try:
                     nmsg, ended, more = conn.receive(self.on_xlogdata, self.on_keepalive, MAX_BATCH_BYTES)
                 except ConnectionLost as e:
@@ -575,7 +969,7 @@ class WalReceiver:
                     raise Fatal(f"could not receive data from WAL stream: {e}", reason="primary error",
                                 stream_failure=True) from None
                 except ProtocolViolation as e:
-                    raise Fatal(str(e), reason="protocol violation") from None
+                    raise Fatal(str(e), reason="protocol violation", stream_failure=True) from None
                 now = time.monotonic()
                 if nmsg:
                     last_recv = now
@@ -585,6 +979,11 @@ class WalReceiver:
                 self.flush()
                 if ended:
                     return
+                if self.wr.get("force_reply"):
+                    # WalRcvForceReply: the startup replayed all it had; tell the primary now.
+                    with self.wr.locked():
+                        self.wr.set(force_reply=0)
+                    self.send_reply(force=True, request_reply=False)
                 if more:
                     continue
                 request = False
@@ -653,7 +1052,8 @@ class WalReceiver:
             fd = self.files.get(segno)
             if fd is None:
                 fd = self.open_segment(segno)
-            self.hook("before_write", lsn=pos, nbytes=chunk)
+            if self.armed:
+                self.hook("before_write", lsn=format_lsn(pos), nbytes=chunk)
             try:
                 with memoryview(buf) as mv:
                     done = os.pwrite(fd, mv[off:off + chunk], seg_off)
@@ -668,20 +1068,46 @@ class WalReceiver:
             off += chunk
             n -= chunk
             self.write_ptr = pos
-            self.hook("after_write", lsn=pos)
+            if self.armed:
+                self.hook("after_write", lsn=format_lsn(pos))
             if seg_off + chunk == segsize:
                 self.completed.append(segno)
 
     def open_segment(self, segno: int) -> int:
+        """The segment file to write segno into; ``writing_segno`` is published first (concurrent guard)."""
         name = segment_name(self.tli, segno, self.segsize)
+        with self.wr.locked():
+            self.wr.set(writing_segno=segno)
         try:
-            path = init_segment_file(self.pg_wal, self.tli, segno, self.segsize)
+            if self.guard:
+                path = init_segment_file(self.pg_wal, self.tli, segno, self.segsize)
+            else:
+                path = self.replace_segment_file(name)
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise Fatal(f'could not create file "pg_wal/{name}": {e.strerror}', reason="file error") from None
         self.files[segno] = fd
         self.seg_bytes[segno] = 0
         return fd
+
+    def replace_segment_file(self, name: str) -> str:
+        """concurrent_guard = off: the naive way, a fresh zero-filled file renamed over whatever is there."""
+        path = os.path.join(self.pg_wal, name)
+        existed = os.path.exists(path)
+        tmp = os.path.join(self.pg_wal, f"xlogtemp.{os.getpid()}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self.segsize)
+            if self.do_fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if self.do_fsync:
+            fsync_dir(self.pg_wal)
+        if existed:
+            self.ctx.events.emit("segment_replaced", file=name, by="walreceiver", guard=False)
+        return path
 
     def flush(self, dying: bool = False) -> None:
         """XLogWalRcvFlush: fdatasync what was written, publish, wake the startup, report."""
@@ -690,8 +1116,9 @@ class WalReceiver:
                 self.publish_times()
             return
         with self.wr.locked():
-            self.wr.set(written_lsn=self.write_ptr)
-        self.hook("before_flush", written=format_lsn(self.write_ptr))
+            self.wr.set(written_lsn=max(self.wr.get("written_lsn"), self.write_ptr))
+        if self.armed:
+            self.hook("before_flush", written=format_lsn(self.write_ptr))
         for segno in sorted(self.dirty):
             if self.do_fsync:
                 try:
@@ -700,22 +1127,29 @@ class WalReceiver:
                     raise Panic(f"could not fdatasync file \"{segment_name(self.tli, segno, self.segsize)}\": "
                                 f"{e.strerror}", reason="fsync failed") from None
         self.dirty.clear()
-        self.hook("after_flush", flushed=format_lsn(self.write_ptr))
+        if self.armed:
+            self.hook("after_flush", flushed=format_lsn(self.write_ptr))
         self.flush_ptr = self.write_ptr
         with self.wr.locked():
             cur = self.wr.get("flushed_lsn")
-            if cur < self.flush_ptr:
+            # A refetch request not yet taken moved flushed_lsn back: leave it there.
+            pending = self.wr.get("state") == int(S.RESTARTING) and self.taken is None
+            if cur < self.flush_ptr and not pending:
                 self.wr.set(latest_chunk_start=cur, flushed_lsn=self.flush_ptr, received_tli=self.tli)
             self.set_times()
-        self.startup_latch.set()
-        for i, slot in enumerate(self.shared.walsnd):
-            if slot.get("pid"):
-                self.shared.walsnd_latches[i].set()
+        self.wake_readers()
         while self.completed:
             self.close_segment(self.completed.pop(0), complete=True)
         self.update_title()
         if not dying:
             self.send_reply(force=False, request_reply=False)
+
+    def wake_readers(self) -> None:
+        """The startup and every cascading walsender: new WAL is flushed."""
+        self.startup_latch.set()
+        for i, slot in enumerate(self.shared.walsnd):
+            if slot.get("pid"):
+                self.shared.walsnd_latches[i].set()
 
     def set_times(self) -> None:
         """Message times into the region (caller holds the lock)."""
@@ -746,6 +1180,27 @@ class WalReceiver:
         self.flush()
         for segno in sorted(self.files):
             self.close_segment(segno, complete=False)
+        with self.wr.locked():
+            self.wr.set(writing_segno=-1)
+
+    def release_segments(self, sync: bool = True) -> None:
+        """A stream we leave (lost, or a restart): close the files unmarked, as WalRcvDie; we write none now."""
+        for segno, fd in sorted(self.files.items()):
+            if sync and segno in self.dirty and self.do_fsync:
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    pass
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.files.clear()
+        self.seg_bytes.clear()
+        self.dirty.clear()
+        self.completed.clear()
+        with self.wr.locked():
+            self.wr.set(writing_segno=-1)
 
     def mark_archive_status(self, name: str) -> None:
         """.done, so it is never archived from here; .ready under archive_mode = always (PostgreSQL's rule)."""
@@ -780,6 +1235,261 @@ class WalReceiver:
             self.title_at = now
             set_title(f"walreceiver streaming {format_lsn(self.write_ptr)}")
 
+    # ------------------------------------------------------------ the archive (walreceiver_restores)
+    def last_restartpoint_file(self) -> str:
+        """%r: the segment of the last restartpoint's redo position."""
+        from xlog.control import ControlFileError, read_control
+        try:
+            cf = read_control(self.ctx.datadir)
+            return segment_name(cf.timeline, segno_of(cf.redo_lsn, self.segsize), self.segsize)
+        except ControlFileError:
+            return segment_name(self.tli, segno_of(self.request[0], self.segsize), self.segsize)
+
+    def archive_round(self) -> int:
+        """Restore from the segment holding our flushed position on, until one is missing; how many were published.
+
+        Up to 1 + walreceiver_restore_prefetch segments are restored at once
+        (after the round's first success); each is in pg_wal when its
+        restore_command is done, but flushed_lsn moves over the contiguous
+        prefix only, in order.  A missing segment ends the round (restores of
+        the segments after it are cancelled).
+        """
+        from shmem.sync import WaitSet
+        command = self.cfg["restore_command"]
+        self.set_state(S.STARTING, "restoring from archive", fetch_source=int(WalSource.ARCHIVE))
+        lrp = self.last_restartpoint_file()
+        self.remove_stale_restore_files()
+        next_segno = segno_of(self.flush_ptr, self.segsize)
+        limit = math.inf                 # the first segment found missing this round
+        width = 1                        # restores at once: 1 until the round's first success
+        published = 0
+        ws = WaitSet(self.latch, [self.ctx.death_fd, self.sig_r])
+        try:
+            while True:
+                self.check_interrupts()
+                for segno, job in sorted(self.jobs.items()):
+                    if not job.done:
+                        continue
+                    del self.jobs[segno]
+                    if not self.finish_job(job, command):
+                        limit = min(limit, segno)
+                for segno, job in self.jobs.items():
+                    if segno > limit:
+                        job.cancel = True
+                while next_segno in self.restored_ahead:
+                    if not self.publish_restored(next_segno):
+                        break
+                    next_segno += 1
+                    published += 1
+                    width = 1 + self.prefetch
+                if next_segno >= limit and not self.jobs:
+                    return published
+                # Launch consecutive segments, no further than prefetch past where the startup is.
+                horizon = self.startup_segment(next_segno) + self.prefetch
+                held_back = False
+                k = next_segno
+                while k < limit and k <= next_segno + width - 1 and len(self.jobs) < width:
+                    if k > horizon:
+                        held_back = True
+                        break
+                    if k not in self.jobs and k not in self.restored_ahead:
+                        self.start_job(k, command, lrp)
+                    k += 1
+                if self.jobs:
+                    set_title(f"walreceiver restoring {self.jobs[min(self.jobs)].names[0]}")
+                elif held_back:
+                    set_title(f"walreceiver holding {segment_name(self.tli, k, self.segsize)} until the startup "
+                              f"needs it")
+                ws.wait(LAUNCH_POLL if held_back else 1.0)
+        finally:
+            ws.close()
+            self.cancel_jobs(wait=True)
+
+    def startup_segment(self, next_segno: int) -> int:
+        """The segment the startup is at: the one its reader waits for, else the one it replays.
+
+        The startup publishes the position it waits for (``startup_wait_lsn``).
+        Besides, a replay position that stayed the same for STARTUP_STALL
+        seconds is taken to mean it waits for our next segment, so that a
+        startup that does not publish (or published long ago) is never left
+        waiting; a transaction still open across segments also keeps the
+        replay position still: then one segment is fetched early, never none.
+        """
+        now = time.monotonic()
+        replay = self.shared.recovery.get("replay_lsn")
+        if replay != self.replay_seen:
+            self.replay_seen, self.replay_seen_at = replay, now
+        pos = max(segno_of(replay, self.segsize), segno_of(self.request[0], self.segsize))
+        wait_lsn = self.wr.get("startup_wait_lsn")
+        if wait_lsn:
+            pos = max(pos, segno_of(wait_lsn, self.segsize))
+        if now - self.replay_seen_at >= STARTUP_STALL:
+            pos = max(pos, next_segno)
+        return pos
+
+    def remove_stale_restore_files(self) -> None:
+        """Temporary files of restores cut short by a crash (their restore_command outlived a killed walreceiver).
+
+        Under walreceiver_restores nobody but this process restores, so any
+        RECOVERYXLOG file that is not ours is stale.
+        """
+        mine = f"RECOVERYXLOG.{os.getpid()}."
+        try:
+            names = os.listdir(self.pg_wal)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith("RECOVERYXLOG.") and not name.startswith(mine):
+                try:
+                    os.unlink(os.path.join(self.pg_wal, name))
+                except OSError:
+                    pass
+
+    def start_job(self, segno: int, command: str, lrp: str) -> RestoreJob:
+        names = [segment_name(t, segno, self.segsize) for t in self.candidates(segno)]
+        self.hook("before_restore", refresh=True, file=names[0])
+        job = RestoreJob(segno, names, time.monotonic())
+        timeout = float(self.cfg["restore_command_timeout"])
+
+        def should_stop() -> bool:
+            return job.cancel or self.got_sigterm or not self.ctx.postmaster_alive()
+
+        def on_child(pid: int | None) -> None:
+            job.child = pid
+
+        def run() -> None:
+            try:
+                for fname in names:
+                    res = restore_file(self.ctx.datadir, command, fname, self.segsize, lrp, timeout=timeout,
+                                       should_stop=should_stop, on_child=on_child)
+                    job.results.append(res)
+                    if res.ok:
+                        break
+            except RestoreFatal as e:
+                job.fatal = str(e)
+            except InterruptedError:
+                job.cancelled = True
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                job.error = f"{type(e).__name__}: {e}"
+            finally:
+                job.done = True
+                self.latch.set()
+
+        job.thread = threading.Thread(target=run, name=f"restore-{names[0]}", daemon=True)
+        self.jobs[segno] = job
+        job.thread.start()
+        return job
+
+    def finish_job(self, job: RestoreJob, command: str) -> bool:
+        """A restore thread is done: report each restore_command call; True if the segment is in pg_wal."""
+        if job.thread is not None:
+            job.thread.join()
+        for res in job.results:
+            self.emit_restore(res.fname, res.ok, res.exit_code, res.seconds, res.size, res.reason)
+        tried = len(job.results)
+        if job.cancelled or job.fatal or job.error:
+            fname = job.names[min(tried, len(job.names) - 1)]
+            reason = "cancelled" if job.cancelled else ("fatal" if job.fatal else "error")
+            self.emit_restore(fname, False, None, time.monotonic() - job.started, 0, reason)
+        if job.fatal:
+            raise RestoreFailed(job.fatal)
+        if job.error:
+            raise Fatal(f'could not restore file "{job.names[0]}" from archive: {job.error}', reason="restore failed")
+        ok = job.ok
+        if ok is None:
+            return False
+        self.mark_archive_status(ok.fname)
+        tli = int(ok.fname[:8], 16)
+        self.restored_ahead[job.segno] = (tli, ok.fname, ok.size)
+        end = segment_start(job.segno + 1, self.segsize)
+        with self.wr.locked():
+            if self.wr.get("restore_ahead_lsn") < end:
+                self.wr.set(restore_ahead_lsn=end)
+        self.hook("after_restore", refresh=True, file=ok.fname)
+        return True
+
+    def emit_restore(self, fname: str, ok: bool, code: int | None, seconds: float, size: int, reason: str) -> None:
+        self.ctx.events.emit("restore", file=fname, ok=ok, exit=code, seconds=round(seconds, 4), bytes=size,
+                             reason=reason, by="walreceiver")
+        if not ok and code is not None and code != 0 and reason == "not found":
+            log.debug('could not restore file "%s" from archive: %s', fname, describe_status(code))
+
+    def publish_restored(self, segno: int) -> bool:
+        """The next segment is in pg_wal: flushed up to its end (False while a refetch request is pending)."""
+        tli, fname, size = self.restored_ahead[segno]
+        end = segment_start(segno + 1, self.segsize)
+        with self.wr.locked():
+            if self.wr.get("state") == int(S.RESTARTING) and self.taken is None:
+                return False
+            cur = self.wr.get("flushed_lsn")
+            fields: dict[str, int] = {"written_lsn": max(self.wr.get("written_lsn"), end)}
+            if cur < end:
+                fields.update(latest_chunk_start=cur, flushed_lsn=end, received_tli=tli)
+            self.wr.set(**fields)
+        del self.restored_ahead[segno]
+        self.tli = tli
+        self.write_ptr = self.flush_ptr = end
+        self.wake_readers()
+        self.ctx.events.emit("segment_fetched", source="archive", file=fname, bytes=size, by="walreceiver")
+        return True
+
+    def cancel_jobs(self, wait: bool) -> None:
+        """Cancel every restore in flight (each kills its restore_command's process group)."""
+        for job in self.jobs.values():
+            job.cancel = True
+        if not wait:
+            return
+        deadline = time.monotonic() + 10
+        for segno, job in sorted(self.jobs.items()):
+            if job.thread is not None:
+                job.thread.join(max(0.0, deadline - time.monotonic()))
+            if job.done:
+                for res in job.results:
+                    if res.ok:
+                        # In pg_wal but never published: reported, and kept for a later round.
+                        self.emit_restore(res.fname, True, 0, res.seconds, res.size, "")
+                        self.mark_archive_status(res.fname)
+                        self.restored_ahead.setdefault(segno, (int(res.fname[:8], 16), res.fname, res.size))
+                    else:
+                        self.emit_restore(res.fname, False, res.exit_code, res.seconds, res.size, res.reason)
+                if job.cancelled:
+                    self.emit_restore(job.names[min(len(job.results), len(job.names) - 1)], False, None,
+                                      time.monotonic() - job.started, 0, "cancelled")
+        self.jobs.clear()
+
+    def maybe_restore_history(self) -> None:
+        """recovery_target_timeline = latest: the next timeline's history file, at most once per interval."""
+        command = self.cfg["restore_command"]
+        if self.cfg["recovery_target_timeline"] != "latest" or not command:
+            return
+        if time.monotonic() - self.history_tried_at < self.retry_interval:
+            return
+        self.history_tried_at = time.monotonic()
+        tli = max(self.shared.recovery.get("timeline") or 0, self.tli) + 1
+        while True:
+            fname = history_file_name(tli)
+            if os.path.exists(os.path.join(self.pg_wal, fname)):
+                tli += 1
+                continue
+            self.hook("before_restore", refresh=True, file=fname)
+            try:
+                res = restore_file(self.ctx.datadir, command, fname, None, self.last_restartpoint_file(),
+                                   timeout=float(self.cfg["restore_command_timeout"]),
+                                   should_stop=lambda: self.got_sigterm or not self.ctx.postmaster_alive())
+            except RestoreFatal as e:
+                self.emit_restore(fname, False, None, 0.0, 0, "fatal")
+                raise RestoreFailed(str(e)) from None
+            except InterruptedError:
+                self.check_interrupts()
+                raise StopRequested() from None
+            self.emit_restore(fname, res.ok, res.exit_code, res.seconds, res.size, res.reason)
+            if not res.ok:
+                return
+            self.mark_archive_status(fname)
+            self.ctx.events.emit("history_fetched", source="archive", file=fname, bytes=res.size, by="walreceiver")
+            self.hook("after_restore", refresh=True, file=fname)
+            self.startup_latch.set()
+            tli += 1
 
 # ---------------------------------------------------------------- helpers
 def _fit(text: str, nbytes: int) -> str:
