@@ -274,7 +274,8 @@ def test_restores_fetches_next_timeline_history(receiver_env, tmp_path):
     (archive / "00000002.history").write_text("1\t0/3800000\tno recovery target specified\n")
     wait_for(lambda: os.path.exists(os.path.join(env.pg_wal, "00000002.history")), 10, "the history file")
     assert os.path.exists(os.path.join(env.pg_wal, "archive_status", "00000002.history.done"))
-    assert env.events_of("history_fetched")[0]["source"] == "archive"
+    fetched = wait_for(lambda: env.events_of("history_fetched"), 10, "the history_fetched event")
+    assert fetched[0]["source"] == "archive"
     # Then the one after it is looked for.
     wait_for(lambda: any(e["file"] == "00000003.history" for e in restores(env)), 10, "timeline 3's history")
     # Streaming was tried between archive rounds: the LOG line, no FATAL.

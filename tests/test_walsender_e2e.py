@@ -122,8 +122,8 @@ def test_base_backup_makes_a_standby_that_streams(nodes):
     want, _ = p.dump()
     wait_for(lambda: s.dump()[0] == want, 30, "the standby to replay the streamed WAL")
     assert len(want) == 500
-    ev = p.events("walsender_streaming")
-    assert ev and ev[-1]["timeline"] == 1
+    ev = wait_for(lambda: p.events("walsender_streaming"), 30, "the walsender to report streaming")
+    assert ev[-1]["timeline"] == 1
     # Completed segments on the standby are byte-identical to the primary's.
     pg_wal_p, pg_wal_s = Path(p.datadir, "pg_wal"), Path(s.datadir, "pg_wal")
     flush = p.flush_lsn()
