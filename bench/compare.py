@@ -154,7 +154,7 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
             ws_start(standby, wait_ready=False)
             if wait(lambda: streaming(sdir), 60) is None:
                 raise RuntimeError(f"{approach}: the standby never streamed")
-            with Load(primary) as load:
+            with Load(primary):
                 lags = []
                 t_end = time.monotonic() + steady
                 while time.monotonic() < t_end:

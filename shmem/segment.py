@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import mmap
-import os
 import struct
 import time
 from collections.abc import Iterator

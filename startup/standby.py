@@ -630,6 +630,7 @@ class Standby:
         # Tell the walreceiver where our reader waits: it restores on demand from there.
         self.ctx.shared.walrcv.update(startup_wait_lsn=need)
         self.ctx.shared.latches["walreceiver"].set()
+        interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
         while True:
             self.check_interrupts()
             w = self.ctx.shared.walrcv.read("state", "flushed_lsn", "fetch_source", "received_tli")
@@ -637,7 +638,12 @@ class Standby:
                 # The walreceiver's restore_command died as PostgreSQL treats as fatal for recovery.
                 raise RestoreFatal("recovery stopped: restore_command failed fatally in the walreceiver")
             wst = WalRcvState(w["state"])
-            if wst == WalRcvState.STOPPED:
+            if wst == WalRcvState.WAITING or (wst != WalRcvState.STREAMING and self.rescan_due(interval)):
+                # End of its timeline (or time to look): a newer timeline, then restart on it.
+                if self.rescan_latest_timeline(self.fetch_pos) or wst == WalRcvState.WAITING:
+                    self.request_walreceiver(need)
+            if wst == WalRcvState.STOPPED and time.monotonic() - getattr(self, "walrcv_requested_at", -1e9) >= interval:
+                # Paced: a walreceiver that keeps failing is not forked again every few milliseconds.
                 self.request_walreceiver(need)
             src = WalSource(w["fetch_source"]) if w["fetch_source"] in (0, 1, 2, 3) else WalSource.NONE
             self.mirror_walreceiver(src)

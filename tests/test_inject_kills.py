@@ -52,8 +52,9 @@ def test_kill_at_each_injection_point(nodes, tmp_path, coordination):
         wait_for(lambda: fired(standby, point), 60, f"injection point {point} to be reached")
         wait_for(lambda: len(standby.events("crash_restart")) > restarts, 30, f"crash-restart after {point}")
         ev = fired(standby, point)[-1]
-        exits = [e for e in standby.events("child_exit") if e["child_pid"] == ev["pid"]]
-        assert exits and exits[-1]["signal"] == 9, (point, exits)
+        exits = wait_for(lambda: [e for e in standby.events("child_exit") if e["child_pid"] == ev["pid"]], 10,
+                         f"the exit of the process killed at {point}")
+        assert exits[-1]["signal"] == 9, (point, exits)
         watch.sample()
     wait_streaming(standby, 60)
     write_rows(primary, n, 50)

@@ -273,7 +273,8 @@ def test_restores_fetches_next_timeline_history(receiver_env, tmp_path):
     assert all(b - a >= 0.3 * 0.95 for a, b in zip(tries, tries[1:])), tries
     (archive / "00000002.history").write_text("1\t0/3800000\tno recovery target specified\n")
     wait_for(lambda: os.path.exists(os.path.join(env.pg_wal, "00000002.history")), 10, "the history file")
-    assert os.path.exists(os.path.join(env.pg_wal, "archive_status", "00000002.history.done"))
+    wait_for(lambda: os.path.exists(os.path.join(env.pg_wal, "archive_status", "00000002.history.done")), 10,
+             "the history file's .done")
     fetched = wait_for(lambda: env.events_of("history_fetched"), 10, "the history_fetched event")
     assert fetched[0]["source"] == "archive"
     # Then the one after it is looked for.

@@ -47,18 +47,19 @@ What a lost or impossible stream leads to depends on ``standby_wal_coordination`
   lost, no ``primary_conninfo``) it restores with restore_command, in order,
   the segments from the one holding its flushed position on, until one is
   missing; then it tries the stream again (a primary of another system, too,
-  only makes the stream impossible: the archive still serves).  A source that failed is tried
-  again no sooner than ``wal_retrieve_retry_interval`` after its failure; after
-  a round that restored something the stream is tried at once.  Each restored
+  only makes the stream impossible: the archive still serves).  A source that
+  failed is tried again no sooner than ``wal_retrieve_retry_interval`` after
+  its failure; after a round that restored something the stream is tried at
+  once.  Each restored
   segment is renamed into pg_wal by ``startup.restore.restore_file``, marked
   ``.done`` (``.ready`` under ``archive_mode = always``), reported as a
   ``restore`` event with ``by = "walreceiver"``, and published as flushed
   (``flushed_lsn`` = its end, ``written_lsn``, ``received_tli``), with the
   startup's latch set.  Restores follow the startup: a segment is fetched
-  once the startup is at the segment before it or waits for it (the position
-  it waits for, ``startup_wait_lsn``, or a replay position that stopped
-  moving), so with ``walreceiver_restore_prefetch = 0`` the restore of the
-  next segment does not overlap the replay of the current one, as in
+  once the startup is in it or waits for it (the position it waits for,
+  ``startup_wait_lsn``, or a replay position that stopped moving for
+  STARTUP_STALL), so with ``walreceiver_restore_prefetch = 0`` the restore of
+  the next segment does not overlap the replay of the current one, as in
   PostgreSQL.  ``walreceiver_restore_prefetch = N`` fetches up to N segments
   beyond the one the startup is at, running up to 1 + N restore_command
   processes at once for consecutive segments; each is installed when done,
@@ -158,6 +159,7 @@ from walreceiver.libpqwalreceiver import (ConnectionLost, ProtocolViolation, Ser
 from xlog import archive_status
 from xlog.history import HistoryError, read_history
 from xlog.lsn import format_lsn, history_file_name, segment_name, segment_start, segno_of
+from xlog.durable import write_durably
 from xlog.writer import fsync_dir, init_segment_file
 
 log = elog.logger()
@@ -1503,20 +1505,7 @@ def _fit(text: str, nbytes: int) -> str:
 def write_history_raw(pg_wal: str, fname: str, content: bytes) -> str:
     """writeTimeLineHistoryFile: the primary's bytes, atomically (temp file, fsync, rename, fsync dir)."""
     path = os.path.join(pg_wal, fname)
-    tmp = os.path.join(pg_wal, f"xlogtemp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        mv = memoryview(content)
-        while mv:
-            mv = mv[os.write(fd, mv):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(pg_wal)
+    write_durably(path, content, tmp=os.path.join(pg_wal, f"xlogtemp.{os.getpid()}"))
     return path
 
 
