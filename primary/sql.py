@@ -1042,31 +1042,27 @@ def _f_switch(ctx: "Session", args: list[Value]) -> Value:
     return (ctx.engine.switch_wal(), PG_LSN)
 
 
-@sqlfunc("pg_last_wal_receive_lsn", 0, PG_LSN)
-def _f_receive_lsn(ctx: "Session", args: list[Value]) -> Value:
+def _standby_field(ctx: "Session", region: str, field: str, typ: int) -> Value:
+    """A recovery-progress value from shared memory; NULL on a primary, as PostgreSQL."""
     shared = ctx.engine.shared
     if shared is None or not ctx.engine.in_recovery():
-        return (None, PG_LSN)
-    v = shared.walrcv.get("flushed_lsn")
-    return (v or None, PG_LSN)
+        return (None, typ)
+    return (shared.regions[region].get(field) or None, typ)
+
+
+@sqlfunc("pg_last_wal_receive_lsn", 0, PG_LSN)
+def _f_receive_lsn(ctx: "Session", args: list[Value]) -> Value:
+    return _standby_field(ctx, "walrcv", "flushed_lsn", PG_LSN)
 
 
 @sqlfunc("pg_last_wal_replay_lsn", 0, PG_LSN)
 def _f_replay_lsn(ctx: "Session", args: list[Value]) -> Value:
-    shared = ctx.engine.shared
-    if shared is None or not ctx.engine.in_recovery():
-        return (None, PG_LSN)
-    v = shared.recovery.get("replay_lsn")
-    return (v or None, PG_LSN)
+    return _standby_field(ctx, "recovery", "replay_lsn", PG_LSN)
 
 
 @sqlfunc("pg_last_xact_replay_timestamp", 0, TIMESTAMPTZ)
 def _f_replay_ts(ctx: "Session", args: list[Value]) -> Value:
-    shared = ctx.engine.shared
-    if shared is None or not ctx.engine.in_recovery():
-        return (None, TIMESTAMPTZ)
-    v = shared.recovery.get("last_replay_time_us")
-    return (v or None, TIMESTAMPTZ)
+    return _standby_field(ctx, "recovery", "last_replay_time_us", TIMESTAMPTZ)
 
 
 @sqlfunc("pg_promote", (0, 2), BOOL, blocking=True)

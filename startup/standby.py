@@ -132,6 +132,11 @@ class Standby:
     private_copies: dict = field(default_factory=dict)  # segno -> restored file kept out of pg_wal
     streamed_once: bool = False
     last_rescan: float = field(default_factory=time.monotonic)
+    last_pg_wal_try: tuple | None = None             # (reader position, segno) last read from pg_wal
+    walrcv_requested_at: float = -1e9               # monotonic time of the last walreceiver request
+    published_at: float = 0.0                       # monotonic time replay_lsn was last published
+    reply_forced_at: int = 0                        # replay position we last forced a reply for
+    replay_tli: int = 0                             # timeline of the last record replayed
 
     def __post_init__(self) -> None:
         from startup.policy import make_policy
@@ -514,7 +519,7 @@ class Standby:
                     os.kill(w["pid"], signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-            elif st == WalRcvState.STARTING and time.monotonic() - getattr(self, "walrcv_requested_at", 0) > 10:
+            elif st == WalRcvState.STARTING and time.monotonic() - self.walrcv_requested_at > 10:
                 # Requested but never started (the postmaster refused): give up on it.
                 self.ctx.shared.walrcv.update(state=int(WalRcvState.STOPPED))
                 return
@@ -615,8 +620,6 @@ class Standby:
                 continue
             raise RuntimeError(f"wait_for_wal in state {st.name}")
 
-    last_pg_wal_try: tuple | None = None
-
     def wait_walreceiver_fetch(self, reader: WalReader, need: int, failed: bool) -> None:
         """walreceiver_restores: the walreceiver fetches (archive or stream); we read up to its flush.
 
@@ -642,7 +645,7 @@ class Standby:
                 # End of its timeline (or time to look): a newer timeline, then restart on it.
                 if self.rescan_latest_timeline(self.fetch_pos) or wst == WalRcvState.WAITING:
                     self.request_walreceiver(need)
-            if wst == WalRcvState.STOPPED and time.monotonic() - getattr(self, "walrcv_requested_at", -1e9) >= interval:
+            if wst == WalRcvState.STOPPED and time.monotonic() - self.walrcv_requested_at >= interval:
                 # Paced: a walreceiver that keeps failing is not forked again every few milliseconds.
                 self.request_walreceiver(need)
             src = WalSource(w["fetch_source"]) if w["fetch_source"] in (0, 1, 2, 3) else WalSource.NONE
@@ -763,16 +766,16 @@ class Standby:
             self.flush_replay()
         if not self.consistent:
             self.check_consistency(rec.next_lsn)
-        if len(self.redo.pending) == 0 or time.monotonic() - getattr(self, "_published", 0) > 0.2:
+        if len(self.redo.pending) == 0 or time.monotonic() - self.published_at > 0.2:
             self.publish_replay()
 
     def force_walreceiver_reply(self) -> None:
         """Replayed all we had: let the walreceiver tell the primary now (PostgreSQL's WalRcvForceReply),
         so replay_lag measures replay, not the gap until its next status message."""
         end = self.redo.last_end_lsn
-        if not end or end == getattr(self, "_reply_forced_at", 0):
+        if not end or end == self.reply_forced_at:
             return
-        self._reply_forced_at = end
+        self.reply_forced_at = end
         wr = self.ctx.shared.walrcv
         if WalRcvState(wr.get("state")) == WalRcvState.STREAMING:
             wr.update(force_reply=1)
@@ -788,8 +791,8 @@ class Standby:
             return
         if self.redo.pending:
             return  # the store does not show these yet
-        self._published = time.monotonic()
-        self.ctx.shared.recovery.update(replay_lsn=end, replay_tli=getattr(self, "replay_tli", self.cf.timeline),
+        self.published_at = time.monotonic()
+        self.ctx.shared.recovery.update(replay_lsn=end, replay_tli=self.replay_tli or self.cf.timeline,
                                         last_replay_time_us=int(time.time() * 1e6))
         if not self.consistent:
             self.check_consistency(end)
