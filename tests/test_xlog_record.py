@@ -43,7 +43,7 @@ def test_build_decode_round_trip(rmid: int, info: int, xid: int, prev: int, data
     rec = build_record(rmid, info, xid, prev, data)
     d = decode_record(rec, LSN)
     assert (d.rmid, d.info, d.xid, d.prev, d.main_data, d.tot_len) == (rmid, info, xid, prev, data, len(rec))
-    assert d.lsn == LSN and d.blocks == [] and d.fpi_len == 0 and d.rec_len == d.tot_len
+    assert d.lsn == LSN and not d.blocks and d.fpi_len == 0 and d.rec_len == d.tot_len
     assert d.next_lsn % 8 == 0 and d.next_lsn >= d.end_lsn > d.lsn
 
 

@@ -28,10 +28,33 @@ def new_writer(d: str, start: int = START, prev: int = 0, tli: int = 1, segsize:
     return WalWriter(d, tli, segsize, SYSID, start, prev, cb)
 
 
+# Every test that reads through read_all runs twice: record by record (read_record)
+# and in batches (read_records, replay's path), which must see exactly the same.
+_MODE = {"batched": False}
+
+
+@pytest.fixture(autouse=True, params=["read_record", "read_records"])
+def read_mode(request):
+    _MODE["batched"] = request.param == "read_records"
+    yield request.param
+    _MODE["batched"] = False
+
+
+def drain(r: WalReader) -> list[DecodedRecord]:
+    """The records r has now, by the current mode."""
+    if not _MODE["batched"]:
+        return list(r)
+    out: list[DecodedRecord] = []
+    limits = (1, 7, 256)
+    while recs := r.read_records(limits[len(out) % 3]):
+        out.extend(recs)
+    return out
+
+
 def read_all(d: str, start: int = START, tli: int = 1, segsize: int = SEG,
              **kw: object) -> tuple[list[DecodedRecord], WalReader]:
     r = WalReader.from_dir(d, segsize, tli, start, **kw)
-    return list(r), r
+    return drain(r), r
 
 
 def seg_path(d: str, segno: int, tli: int = 1) -> str:
@@ -529,8 +552,7 @@ def test_reader_waits_for_data_then_continues() -> None:
         step = random.Random(7)
         while visible[0] < w.insert_lsn:
             visible[0] = min(w.insert_lsn, visible[0] + step.randint(1, 30000))
-            while (rec := r.read_record()) is not None:
-                got.append(rec.lsn)
+            got.extend(x.lsn for x in drain(r))
             assert r.error is None and r.waiting_for is not None
         assert got == starts
         # The same with read_upto over complete files.
@@ -573,8 +595,7 @@ def test_reader_follows_a_preallocated_file_up_to_read_upto() -> None:
                 pos = end
             flushed = new
             r.read_upto = flushed
-            while (rec := r.read_record()) is not None:
-                got.append(rec.lsn)
+            got.extend(x.lsn for x in drain(r))
             assert r.error is None, r.error
         assert got == starts
         assert len(loads) < 3 * len(got)  # segments are re-read when more WAL arrived, not per record
@@ -620,19 +641,86 @@ def test_timeline_switch_mid_segment() -> None:
         assert r.error == expected_end_error(w2.insert_lsn)
 
 
-@pytest.mark.timeout(60)
-def test_reader_speed_is_reasonable() -> None:
-    """Not a benchmark: catches accidental per-byte Python loops (real speed is in the report)."""
-    import time
+# --- read_records (replay's batched path) against read_record ---------------------
+
+def reader_state(r: WalReader) -> tuple:
+    return (r.error, r.error_lsn, r.waiting_for, r.end_of_valid_wal, r.last_record_lsn, r.next_lsn)
+
+
+DAMAGE = st.one_of(st.none(), st.tuples(st.just("flip"), st.integers(0, 2 * SEG - 1)),
+                   st.tuples(st.just("cut"), st.integers(0, 2 * SEG - 1)))
+
+
+@pytest.mark.timeout(180)
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.one_of(st.integers(0, 300), st.integers(0, 9000), st.sampled_from(["switch"])),
+                      min_size=1, max_size=400),
+       damage=DAMAGE, limits=st.lists(st.integers(1, 300), min_size=1, max_size=5),
+       upto_at=st.one_of(st.none(), st.floats(0, 1)))
+def test_read_records_same_as_read_record(sizes: list, damage, limits: list, upto_at: float | None) -> None:
+    """Same records, same stop, same error and positions; damage anywhere (a flipped byte, a torn tail)."""
     with tempfile.TemporaryDirectory() as d:
         w = new_writer(d)
-        rnd = random.Random(3)
-        for i in range(30000):
-            w.insert(C.RM_KV_ID, C.KV_PUT, i, bytes(rnd.choice([40, 100, 300, 3000])))
+        for i, n in enumerate(sizes):
+            if n == "switch":
+                w.switch()
+            else:
+                w.insert(C.RM_KV_ID if i % 3 else C.RM_XACT_ID, C.KV_PUT if i % 3 else C.XLOG_XACT_COMMIT, i,
+                         payload(i, n))
         w.close()
-        t = time.perf_counter()
-        recs, r = read_all(d)
-        dt = time.perf_counter() - t
-        mb = (w.insert_lsn - START) / MB
-        assert len(recs) == 30000
-        assert mb / dt > 5, f"reader too slow: {mb / dt:.1f} MB/s"
+        # read_upto anywhere in the WAL written (mid-record too, over complete files).
+        upto = None if upto_at is None else START + int(upto_at * (w.insert_lsn - START))
+        if damage is not None:
+            kind, off = damage
+            segno = 1 + off // SEG
+            path = seg_path(d, segno)
+            if os.path.exists(path):
+                if kind == "flip":
+                    with open(path, "r+b") as f:
+                        f.seek(off % SEG)
+                        b = f.read(1)
+                        f.seek(off % SEG)
+                        f.write(bytes([(b[0] ^ 0x5A) if b else 1]))
+                else:
+                    patch(path, off % SEG, bytes(SEG - off % SEG))
+
+        one = WalReader.from_dir(d, SEG, 1, START, expected_sysid=SYSID, read_upto=upto)
+        want = list(one)
+        batched = WalReader.from_dir(d, SEG, 1, START, expected_sysid=SYSID, read_upto=upto)
+        got: list = []
+        k = 0
+        while True:
+            recs = batched.read_records(limits[k % len(limits)])
+            k += 1
+            assert len(recs) <= limits[(k - 1) % len(limits)]
+            if not recs:
+                break
+            got.extend(recs)
+        assert got == want
+        assert reader_state(batched) == reader_state(one)
+        # Both go on the same way once more WAL may be there (here: the limit lifted).
+        if upto is not None:
+            one.read_upto = batched.read_upto = None
+            rest = list(one)
+            more: list = []
+            while recs := batched.read_records(limits[0]):
+                more.extend(recs)
+            assert more == rest and reader_state(batched) == reader_state(one)
+
+
+@pytest.mark.timeout(60)
+def test_read_records_follows_timeline_change_and_begin_read() -> None:
+    """Changing tli or calling begin_read between batches is honoured (no stale fast path)."""
+    with tempfile.TemporaryDirectory() as d:
+        w = new_writer(d)
+        starts = [w.insert(C.RM_KV_ID, C.KV_PUT, i, payload(i, 100))[0] for i in range(50)]
+        w.close()
+        r = WalReader.from_dir(d, SEG, 1, START)
+        first = r.read_records(10)
+        assert [x.lsn for x in first] == starts[:10]
+        r.tli = 2            # no segment on timeline 2: nothing more, and no error
+        assert r.read_records(10) == [] and r.error is None
+        r.tli = 1
+        assert [x.lsn for x in r.read_records(5)] == starts[10:15]
+        r.begin_read(starts[3])
+        assert [x.lsn for x in r.read_records(3)] == starts[3:6]

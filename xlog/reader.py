@@ -46,6 +46,14 @@ _SZREC = C.SIZE_OF_XLOG_RECORD
 _LONGF = C.XLP_LONG_HEADER
 _CONTF = C.XLP_FIRST_IS_CONTRECORD
 _OVERWRITEF = C.XLP_FIRST_IS_OVERWRITE_CONTRECORD
+_PAGE_MASK = _BLCK - 1
+_CRC_OFF = C.XL_CRC_OFFSET
+_MAX_BUILTIN = C.RM_MAX_BUILTIN_ID
+_MIN_CUSTOM = C.RM_MIN_CUSTOM_ID
+_RM_XLOG = C.RM_XLOG_ID
+_SWITCH = C.XLOG_SWITCH
+_ID_SHORT = C.XLR_BLOCK_ID_DATA_SHORT
+_new_tuple = tuple.__new__  # DecodedRecord without NamedTuple's Python-level __new__ (hot path)
 
 
 class _NeedData(Exception):
@@ -112,6 +120,10 @@ class WalReader:
         self._latest_page_ptr = 0
         self._latest_page_tli = 0
         self._assembling_page = 0
+        self._seg_base = 0  # LSN of _seg's first byte
+        # True while the last read_record() returned a record and nothing that
+        # invalidates read_record's fast path (segment, timeline, limit) changed.
+        self._streak = False
 
     @classmethod
     def from_dir(cls, pg_wal: str, segsize: int, tli: int, start_lsn: int, **kw: object) -> "WalReader":
@@ -125,6 +137,7 @@ class WalReader:
     @read_upto.setter
     def read_upto(self, lsn: int | None) -> None:
         self._read_upto = lsn
+        self._streak = False
         if self._segno >= 0:
             self._set_limit()
 
@@ -138,6 +151,7 @@ class WalReader:
         """XLogBeginRead: next read at lsn, a record start or a page boundary."""
         self._next = lsn
         self._prev_rec = None
+        self._streak = False
         self.end_of_valid_wal = lsn
         self.last_record_lsn = 0
         self.error = None
@@ -184,8 +198,67 @@ class WalReader:
                 return rec.lsn
 
     # -- reading -------------------------------------------------------------
+    def read_records(self, limit: int = 256) -> list[DecodedRecord]:
+        """Up to `limit` next records; [] exactly when read_record() would return None.
+
+        Replay's hot loop: records that lie whole on a page already validated
+        are decoded here with the checks of the general path, in one loop;
+        anything else (a new page, a record crossing pages, XLOG_SWITCH, bad
+        data, missing data) goes through read_record().  After an empty list
+        see `error`, `waiting_for`, `end_of_valid_wal` as after None.
+        """
+        out: list[DecodedRecord] = []
+        append = out.append
+        unpack = _HDR.unpack_from
+        crc_value, crc_extend, new = _crc_value, _crc_extend, _new_tuple
+        n = 0
+        while n < limit:
+            if self._streak and self._seg_tli == self.tli:
+                seg = self._seg
+                base = self._seg_base
+                seg_limit = self._seg_limit
+                page = self._valid_page
+                page_end = page + _BLCK
+                prev = self._prev_rec
+                start = self._next
+                while n < limit:
+                    p = start - base
+                    # Not at the page's start (that needs the header checks) and its header here.
+                    if not page < start <= page_end - _SZREC or p + _SZREC > seg_limit:
+                        break
+                    tot_len, xid, rprev, xl_info, rmid, crc = unpack(seg, p)
+                    q = p + tot_len
+                    end = start + tot_len
+                    if (tot_len < _SZREC or end > page_end or q > seg_limit or rprev != prev
+                            or _MAX_BUILTIN < rmid < _MIN_CUSTOM or (rmid == _RM_XLOG and (xl_info & 0xF0) == _SWITCH)):
+                        break
+                    body = seg[p + _SZREC:q]
+                    if crc_extend(crc_value(body), seg[p:p + _CRC_OFF]) != crc:
+                        break
+                    nxt = (end + 7) & ~7
+                    blen = tot_len - _SZREC
+                    if blen >= 2 and body[0] == _ID_SHORT and blen - 2 == body[1]:
+                        append(new(DecodedRecord, (start, end, nxt, tot_len, xid, rprev, xl_info, rmid, crc,
+                                                   body[2:], (), 0, 0, 0)))
+                    else:
+                        append(decode_body(start, end, nxt, tot_len, xid, rprev, xl_info, rmid, crc, body))
+                    n += 1
+                    prev = start
+                    start = nxt
+                self._prev_rec = self.last_record_lsn = prev
+                self._next = self.end_of_valid_wal = start
+                if n >= limit:
+                    break
+            rec = self.read_record()
+            if rec is None:
+                break
+            append(rec)
+            n += 1
+        return out
+
     def read_record(self) -> DecodedRecord | None:
         """The next record, or None (see `error`, `waiting_for`, `end_of_valid_wal`)."""
+        self._streak = False
         self.error = None
         self.error_lsn = None
         self.waiting_for = None
@@ -213,6 +286,7 @@ class WalReader:
         self._next = rec.next_lsn
         self.end_of_valid_wal = rec.next_lsn
         self.last_record_lsn = rec.lsn
+        self._streak = True
         return rec
 
     def __iter__(self) -> Iterator[DecodedRecord]:
@@ -233,6 +307,7 @@ class WalReader:
         self._segno = -1
         self._seg_limit = 0
         self._valid_page = -1
+        self._streak = False
 
     # -- pages ---------------------------------------------------------------
     def _load_segment(self, segno: int) -> None:
@@ -241,6 +316,7 @@ class WalReader:
             raise _NeedData(segno * self.segsize)
         self._seg = data
         self._segno = segno
+        self._seg_base = segno * self.segsize
         self._seg_tli = self.tli
         self._valid_page = -1
         self._load_upto = self._read_upto

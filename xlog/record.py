@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import NamedTuple, Union
 
 import google_crc32c
@@ -118,14 +119,17 @@ class BlockRef(NamedTuple):
         return (self.bimg_info & C.BKPIMAGE_COMPRESS_MASK) != 0
 
 
-@dataclass(slots=True)
-class DecodedRecord:
+class DecodedRecord(NamedTuple):
     """One valid record, where it lies and what it holds.
 
     lsn: start of the record header. end_lsn: just past its last byte (not
     aligned; page headers inside it counted). next_lsn: where reading goes on
     (MAXALIGN(end_lsn), or the next segment's start after XLOG_SWITCH); a
     next_lsn on a page boundary means "after that page's header".
+
+    A NamedTuple, not a dataclass: replay builds one per record, and
+    ``_new_tuple(DecodedRecord, (...))`` costs about a third of a dataclass's
+    __init__ (measured: 0.3 us a record, a tenth of replay's Python time).
     """
 
     lsn: int
@@ -138,7 +142,7 @@ class DecodedRecord:
     rmid: int
     crc: int
     main_data: bytes
-    blocks: list[BlockRef] = field(default_factory=list)
+    blocks: Sequence[BlockRef] = ()
     fpi_len: int = 0
     origin: int = 0
     toplevel_xid: int = 0
@@ -186,7 +190,8 @@ def decode_body(lsn: int, end_lsn: int, next_lsn: int, tot_len: int, xid: int, p
     n = len(body)
     # Fast path: the common "main data only" record.
     if n >= 2 and body[0] == _ID_SHORT and n - 2 == body[1]:
-        return DecodedRecord(lsn, end_lsn, next_lsn, tot_len, xid, prev, info, rmid, crc, body[2:])
+        return _new_tuple(DecodedRecord, (lsn, end_lsn, next_lsn, tot_len, xid, prev, info, rmid, crc, body[2:],
+                                          (), 0, 0, 0))
     pos = 0
     datatotal = 0
     main_len = 0
