@@ -13,8 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import struct
+from collections.abc import Sequence
+
 from xlog import constants as C
 from xlog.record import DecodedRecord, KvDelete, KvPut
+
+# Hot-loop constants as plain globals.
+_RM_KV = C.RM_KV_ID
+_RM_XLOG = C.RM_XLOG_ID
+_RM_XACT = C.RM_XACT_ID
+_INFO_MASK = C.XLR_RMGR_INFO_MASK
+_KV_PUT = C.KV_PUT
+_KV_DELETE = C.KV_DELETE
+_XACT_OPMASK = C.XLOG_XACT_OPMASK
+_COMMIT = C.XLOG_XACT_COMMIT
+_KV_HDR = struct.Struct("<II")      # key_len, value_len: KvPut's layout (xlog/record.py)
+_KV_NULL = 0xFFFFFFFF
 
 
 @dataclass
@@ -26,42 +41,89 @@ class Redo:
     open_xacts: dict[int, list] = field(default_factory=dict)
     max_xid: int = 0
     last_end_lsn: int = 0            # end of the last record replayed
-    batch: int = 256
+    batch: int = 1024
+    flushes: int = 0                 # batches applied so far (callers publish when it moves)
 
     def __post_init__(self) -> None:
         self.applied_lsn = self.store.applied_lsn()
 
     def apply(self, rec: DecodedRecord) -> None:
+        """Replay one record of any kind."""
+        if rec.rmid != _RM_XLOG:
+            self.apply_records((rec,), 0)
+            return
         if rec.xid > self.max_xid:
             self.max_xid = rec.xid
-        if rec.rmid == C.RM_KV_ID:
-            op = rec.info & C.XLR_RMGR_INFO_MASK
-            if op == C.KV_PUT:
-                p = KvPut.unpack(rec.main_data)
-                change = ("put", p.key, p.value)
-            elif op == C.KV_DELETE:
-                change = ("delete", KvDelete.unpack(rec.main_data).key, None)
-            else:
-                return
-            self.open_xacts.setdefault(rec.xid, []).append(change)
-        elif rec.rmid == C.RM_XACT_ID:
-            op = rec.info & C.XLOG_XACT_OPMASK
-            changes = self.open_xacts.pop(rec.xid, [])
-            if op == C.XLOG_XACT_COMMIT and rec.next_lsn > self.applied_lsn and changes:
-                self.pending.append((changes, rec.next_lsn))
-                if len(self.pending) >= self.batch:
-                    self.flush()
-        elif rec.rmid == C.RM_XLOG_ID and rec.rm_info in (C.XLOG_CHECKPOINT_SHUTDOWN, C.XLOG_END_OF_RECOVERY):
+        if rec.rm_info in (C.XLOG_CHECKPOINT_SHUTDOWN, C.XLOG_END_OF_RECOVERY):
             # Nothing survives a shutdown or an end of recovery: transactions still
             # open here were lost in a crash of the primary and will never commit.
             self.open_xacts.clear()
         self.last_end_lsn = rec.next_lsn
+
+    def apply_records(self, recs: Sequence[DecodedRecord], i: int) -> int:
+        """Replay recs[i:] up to the first XLOG record (left for the caller); its index, or len(recs).
+
+        Replay's hot loop: KV records decoded inline (KvPut.unpack's checks,
+        without a dataclass per row), commits queued for the batch apply.
+        """
+        open_xacts = self.open_xacts
+        pending = self.pending
+        max_xid = self.max_xid
+        n = len(recs)
+        try:
+            while i < n:
+                rec = recs[i]
+                rmid = rec.rmid
+                if rmid == _RM_XLOG:
+                    break
+                xid = rec.xid
+                if xid > max_xid:
+                    max_xid = xid
+                if rmid == _RM_KV:
+                    op = rec.info & _INFO_MASK
+                    data = rec.main_data
+                    if op == _KV_PUT:
+                        if len(data) < 8:
+                            KvPut.unpack(data)      # raises the precise error
+                        klen, vlen = _KV_HDR.unpack_from(data, 0)
+                        if vlen == _KV_NULL:
+                            if len(data) != 8 + klen:
+                                KvPut.unpack(data)
+                            change = ("put", data[8:8 + klen].decode("utf-8"), None)
+                        else:
+                            if len(data) != 8 + klen + vlen:
+                                KvPut.unpack(data)
+                            change = ("put", data[8:8 + klen].decode("utf-8"), data[8 + klen:].decode("utf-8"))
+                    elif op == _KV_DELETE:
+                        change = ("delete", KvDelete.unpack(data).key, None)
+                    else:
+                        change = None
+                    if change is not None:
+                        changes = open_xacts.get(xid)
+                        if changes is None:
+                            open_xacts[xid] = [change]
+                        else:
+                            changes.append(change)
+                elif rmid == _RM_XACT:
+                    changes = open_xacts.pop(xid, None)
+                    if (rec.info & _XACT_OPMASK) == _COMMIT and changes and rec.next_lsn > self.applied_lsn:
+                        pending.append((changes, rec.next_lsn))
+                        if len(pending) >= self.batch:
+                            self.last_end_lsn = rec.next_lsn
+                            self.flush()
+                            pending = self.pending
+                self.last_end_lsn = rec.next_lsn
+                i += 1
+        finally:
+            self.max_xid = max_xid
+        return i
 
     def flush(self) -> None:
         if self.pending:
             self.store.apply_many(self.pending, self.tli)
             self.applied_lsn = self.pending[-1][1]
             self.pending = []
+            self.flushes += 1
 
     @property
     def oldest_open_lsn(self) -> int | None:
