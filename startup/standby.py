@@ -137,6 +137,7 @@ class Standby:
     published_at: float = 0.0                       # monotonic time replay_lsn was last published
     reply_forced_at: int = 0                        # replay position we last forced a reply for
     replay_tli: int = 0                             # timeline of the last record replayed
+    wait_event_segno: int = -1                      # segment of the last wal_wait event (walreceiver_restores)
 
     def __post_init__(self) -> None:
         from startup.policy import make_policy
@@ -632,6 +633,11 @@ class Standby:
             self.request_refetch(need)
         # Tell the walreceiver where our reader waits: it restores on demand from there.
         self.ctx.shared.walrcv.update(startup_wait_lsn=need)
+        segno = segno_of(need, self.segsize)
+        if segno != self.wait_event_segno:
+            # Once per segment: when the startup began to need it (prefetch is measured against this).
+            self.wait_event_segno = segno
+            self.ctx.events.emit("wal_wait", lsn=format_lsn(need), segno=segno)
         self.ctx.shared.latches["walreceiver"].set()
         interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
         while True:
@@ -710,6 +716,7 @@ class Standby:
                 os.unlink(os.path.join(self.pg_wal, name))   # a restore cut short by a crash
         from primary.kvstore import KVStore
         self.store = KVStore(os.path.join(self.datadir, "base", "kv.sqlite"))
+        self.store.checkpoint_in_background()
         self.redo = Redo(self.store, self.cf.timeline)
         self.reading = (self.cf.timeline, segno_of(self.cf.checkpoint_lsn, self.segsize))
         self.transition(RecoveryState.ARCHIVE_RECOVERY, "standby mode", WalSource.ARCHIVE)
@@ -728,9 +735,7 @@ class Standby:
             log.info("redo starts at %s", format_lsn(ckpt.redo))
             self.ctx.events.emit("redo_start", lsn=format_lsn(ckpt.redo))
             self.check_consistency(ckpt.redo)
-            while True:
-                rec = self.next_record(reader)
-                self.replay(rec)
+            self.replay_loop(reader)
         except Promote:
             return self.promote(reader)
         except Shutdown:
@@ -743,12 +748,17 @@ class Standby:
             return 1
 
     def next_record(self, reader: WalReader, replaying: bool = True):
+        """The next record, waiting for WAL (per state and policy) when the reader has none."""
         while True:
-            if self.state == RecoveryState.STREAMING:
-                reader.read_upto = self.ctx.shared.walrcv.get("flushed_lsn")
             rec = reader.read_record()
             if rec is not None:
                 return rec
+            if self.state == RecoveryState.STREAMING:
+                # The walreceiver may have flushed more since read_upto was set.
+                upto = self.ctx.shared.walrcv.get("flushed_lsn")
+                if upto != reader.read_upto:
+                    reader.read_upto = upto
+                    continue
             if replaying:
                 self.flush_replay()
                 self.force_walreceiver_reply()
@@ -756,9 +766,40 @@ class Standby:
                 raise Promote()
             self.wait_for_wal(reader)
 
+    def replay_loop(self, reader: WalReader) -> None:
+        """Replay's hot loop: read a record, apply it; the rest only when the reader runs dry.
+
+        A shutdown request is noticed after each batch of records (at most
+        ``read_records``' limit, well under a millisecond of replay); a promotion
+        request (like the trigger file) only when WAL runs out, as PostgreSQL's.
+        """
+        read = reader.read_records
+        redo = self.redo
+        apply_records = redo.apply_records
+        flags = self.flags
+        flushes = redo.flushes
+        while True:
+            recs = read()
+            if not recs:
+                recs = (self.next_record(reader),)
+            i, n = 0, len(recs)
+            while i < n:
+                i = apply_records(recs, i)
+                if i < n:
+                    self.replay(recs[i])     # an XLOG record: checkpoints make restartpoints
+                    i += 1
+            if flags.shutdown:
+                raise Shutdown()
+            if not self.consistent:
+                self.check_consistency(recs[-1].next_lsn)
+            if redo.flushes != flushes:
+                # A batch reached the store: make it visible.
+                flushes = redo.flushes
+                self.publish_replay()
+
     def replay(self, rec) -> None:
+        """Replay one record (any kind); restartpoints at checkpoints."""
         self.redo.apply(rec)
-        self.replay_tli = self.reading[0]
         if rec.rmid == C.RM_XLOG_ID and rec.rm_info in (C.XLOG_CHECKPOINT_SHUTDOWN, C.XLOG_CHECKPOINT_ONLINE):
             self.flush_replay()
             self.restartpoint(rec, CheckPoint.unpack(rec.main_data))
@@ -766,7 +807,7 @@ class Standby:
             self.flush_replay()
         if not self.consistent:
             self.check_consistency(rec.next_lsn)
-        if len(self.redo.pending) == 0 or time.monotonic() - self.published_at > 0.2:
+        if not self.redo.pending and time.monotonic() - self.published_at > 0.2:
             self.publish_replay()
 
     def force_walreceiver_reply(self) -> None:
@@ -791,6 +832,7 @@ class Standby:
             return
         if self.redo.pending:
             return  # the store does not show these yet
+        self.replay_tli = self.reading[0]
         self.published_at = time.monotonic()
         self.ctx.shared.recovery.update(replay_lsn=end, replay_tli=self.replay_tli or self.cf.timeline,
                                         last_replay_time_us=int(time.time() * 1e6))
@@ -800,7 +842,8 @@ class Standby:
     def check_consistency(self, lsn: int) -> None:
         if self.consistent:
             return
-        target = max(self.cf.min_recovery_point, self.store.applied_lsn())
+        # redo.applied_lsn is the store's applied position (only redo writes it).
+        target = max(self.cf.min_recovery_point, self.redo.applied_lsn)
         if lsn >= target:
             self.consistent = True
             log.info("consistent recovery state reached at %s", format_lsn(lsn))
