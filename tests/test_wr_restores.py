@@ -196,6 +196,37 @@ def test_prefetch_restores_ahead_of_replay(nodes, tmp_path):
 
 
 @pytest.mark.timeout(240)
+def test_prefetch_zero_restores_only_what_the_startup_waits_for(nodes, tmp_path):
+    """walreceiver_restore_prefetch = 0 means no segment restored ahead: each restore
+    begins after the startup first waited for that segment (its wal_wait event)."""
+    primary, archive = make_primary(nodes, tmp_path)
+    standby = nodes.standby(primary, start=False, archive=archive, standby_wal_coordination=COORD,
+                            restore_command=f"sleep 0.05; cp {archive}/%f %p", walreceiver_restore_prefetch=0,
+                            primary_conninfo=dead_conninfo())
+    write_rows(primary, 0, 8000, size=1000, switch_every=0)
+    primary.sql("SELECT pg_switch_wal()")
+    wait_archived(primary)
+    assert len(archived(archive)) >= 8
+    standby.start(wait_ready=False)
+    wait_for(lambda: count_rows(standby) == 8000, 120, "the standby to replay the archive")
+    waited = {}
+    for e in standby.events("wal_wait"):
+        waited.setdefault(e["segno"], e["mono"])
+    restores = [e for e in assert_only_walreceiver_restored(standby) if e["ok"] and len(e["file"]) == 24]
+    assert len(restores) >= 8
+    early = []
+    for e in restores:
+        segno = parse_segment_name(e["file"], SEG)[1]
+        began = e["mono"] - e["seconds"]
+        if segno not in waited or began < waited[segno]:
+            early.append((e["file"], round(waited.get(segno, 0) - began, 3)))
+    assert not early, f"restored before the startup needed them (file, seconds early): {early}"
+    # Never two at once.
+    spans = sorted((e["mono"] - e["seconds"], e["mono"]) for e in restores)
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))
+
+
+@pytest.mark.timeout(240)
 def test_walreceiver_killed_mid_restore(nodes, tmp_path):
     primary, archive = make_primary(nodes, tmp_path)
     write_rows(primary, 0, 100)

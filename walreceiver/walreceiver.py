@@ -178,7 +178,7 @@ PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000      # 2000-01-01 in Unix microseco
 MAX_BATCH_BYTES = 4 << 20                         # flush at least this often while catching up
 TITLE_INTERVAL = 0.25                             # seconds between process-title updates
 LAUNCH_POLL = 0.01                                # re-check the startup's position while a restore waits on it
-STARTUP_STALL = 0.02                              # replay position unchanged this long: the startup waits for WAL
+STARTUP_STALL = 0.25                              # replay position unchanged this long after a hand-over: it waits
 
 
 def now_us() -> int:
@@ -1284,6 +1284,8 @@ class WalReceiver:
                     next_segno += 1
                     published += 1
                     width = 1 + self.prefetch
+                    # The startup has new WAL to replay: it is not stalled before it had time to move.
+                    self.replay_seen_at = time.monotonic()
                 if next_segno >= limit and not self.jobs:
                     return published
                 # Launch consecutive segments, no further than prefetch past where the startup is.
@@ -1312,10 +1314,12 @@ class WalReceiver:
 
         The startup publishes the position it waits for (``startup_wait_lsn``).
         Besides, a replay position that stayed the same for STARTUP_STALL
-        seconds is taken to mean it waits for our next segment, so that a
-        startup that does not publish (or published long ago) is never left
-        waiting; a transaction still open across segments also keeps the
-        replay position still: then one segment is fetched early, never none.
+        seconds since we last handed it a segment is taken to mean it waits
+        for our next segment, so that a startup that does not publish (or
+        published long ago) is never left waiting; a transaction still open
+        across segments also keeps the replay position still: then one
+        segment is fetched early, never none.  It counts from the hand-over
+        so that prefetch 0 means what it says while the startup replays.
         """
         now = time.monotonic()
         replay = self.shared.recovery.get("replay_lsn")
