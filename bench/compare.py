@@ -17,11 +17,16 @@ whole), seconds from the primary's return to streaming (after the restart and
 after the outage), replay lag p50/p99 under steady load.
 
 A second part measures ``walreceiver_restore_prefetch``: catch-up of 40
-archived segments with a 50 ms restore latency, prefetch 0 against 4.
+archived segments with a 50 ms restore latency, prefetch 0 against 4, on
+one archive per row size (200-byte and 4 kB single-row transactions from 4
+writers), runs alternating, medians of 5 (``python -m bench.compare prefetch``
+runs this part alone).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -203,67 +208,115 @@ def ws_stop_keep(srv: Server) -> None:
     ws_stop(srv)
 
 
-def prefetch_catchup(base: Path, prefetch: int, segments: int = 40, value_size: int = 200) -> float:
-    archive = base / f"archive-pf{prefetch}"
+def prefetch_archive(base: Path, value_size: int, segments: int = 40, writers: int = 4) -> tuple[Path, int]:
+    """An archive of `segments` 1 MB segments of single-row transactions, and a standby template.
+
+    The template is a base backup taken before the load (so that catching up
+    means restoring every segment), set up for ``walreceiver_restores`` with a
+    50 ms restore_command and a primary that is never there.  Returns (template
+    directory, end LSN of the WAL to replay).
+    """
+    archive = base / "archive"
     archive.mkdir()
-    pdir, sdir = base / f"p-pf{prefetch}", base / f"s-pf{prefetch}"
+    pdir, template = base / "primary", base / "standby-template"
     pport = free_port()
     ws_init(pdir, pport, 1, {"archive_mode": "on", "archive_command": f"cp %p {archive}/%f"})
     with walswitch_server(pdir, pport) as primary:
-        sport = ws_basebackup(primary, sdir, {
+        ws_basebackup(primary, template, {
             "restore_command": f"sleep 0.05; cp {archive}/%f %p", "standby_wal_coordination": "walreceiver_restores",
-            "walreceiver_restore_prefetch": prefetch, "primary_conninfo": "host=127.0.0.1 port=1 connect_timeout=1",
-            "wal_retrieve_retry_interval": "1s"})
-        c = primary.connect()
-        cur = c.cursor()
+            "primary_conninfo": "host=127.0.0.1 port=1 connect_timeout=1", "wal_retrieve_retry_interval": "1s"})
         start = parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0])
-        i = 0
-        while parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0]) - start < segments * SEG:
-            for _ in range(200):
-                cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"k{i}", "v" * value_size))
-                i += 1
-        cur.execute("SELECT pg_switch_wal()")
-        c.close()
+        target = start + segments * SEG
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def writer(w: int) -> None:
+            try:
+                with contextlib.closing(primary.connect()) as c, c.cursor() as cur:
+                    i = 0
+                    while not done.is_set():
+                        for _ in range(100):
+                            cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"w{w}-{i}", "v" * value_size))
+                            i += 1
+                        cur.execute("SELECT pg_current_wal_lsn()")
+                        if parse_lsn(cur.fetchone()[0]) >= target:
+                            done.set()
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+                done.set()
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        primary.query("SELECT pg_switch_wal()")
         end = parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0])
-        wait(lambda: not [f for f in (pdir / "pg_wal" / "archive_status").iterdir() if f.suffix == ".ready"], 60)
-    standby = Server("walswitch", sdir, sport, "standby")
+        if wait(lambda: not [f for f in (pdir / "pg_wal" / "archive_status").iterdir() if f.suffix == ".ready"],
+                120) is None:
+            raise RuntimeError("the archiver did not catch up")
+    return template, end
+
+
+def prefetch_catchup(template: Path, run_dir: Path, prefetch: int, end: int) -> float:
+    """Seconds from the startup entering standby mode until replay reached `end` (one run, a fresh copy)."""
+    shutil.copytree(template, run_dir, symlinks=True)
+    conf = run_dir / "walswitch.conf"
+    with open(conf, "a", encoding="utf-8") as f:
+        f.write(f"walreceiver_restore_prefetch = {prefetch}\n")      # the last setting wins
+    port = int(next(line.split("=")[1] for line in reversed(conf.read_text().splitlines())
+                    if line.split("=")[0].strip() == "port"))
+    standby = Server("walswitch", run_dir, port, "standby")
     try:
         t0 = time.monotonic()
         ws_start(standby, wait_ready=False)
-        done = wait(lambda: (parse_lsn(ws_status(sdir).get("replay_lsn") or "0/0") or 0) >= end - SEG, 300)
-        if done is None:
+        if wait(lambda: (parse_lsn(ws_status(run_dir).get("replay_lsn") or "0/0") or 0) >= end - SEG, 300) is None:
             raise RuntimeError(f"prefetch {prefetch}: catch-up did not finish")
         t_end = time.monotonic()
         # From the startup process entering standby mode (event clock = time.monotonic),
         # so that starting the server is not counted.
-        begin = [e["mono"] for e in events(sdir) if e["kind"] == "standby_start"]
+        begin = [e["mono"] for e in events(run_dir) if e["kind"] == "standby_start"]
         return t_end - (begin[0] if begin else t0)
     finally:
         ws_stop(standby)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def run(steady: float = 15.0, outage: float = 20.0, prefetch_runs: int = 3) -> dict:
+def prefetch_speedup(base: Path, runs: int = 5) -> tuple[dict, list[str]]:
+    """walreceiver_restore_prefetch 0 against 4 on the same archive, alternating runs, per row size."""
+    results: dict = {}
+    lines = []
+    # 200-byte rows: replay (Python decoding, SQLite) costs about half the restore latency
+    # per segment; 4 kB rows: far less, the restore latency is nearly all.
+    for size in (200, 4096):
+        sub = base / f"prefetch-{size}"
+        sub.mkdir()
+        template, end = prefetch_archive(sub, size)
+        times: dict[int, list[float]] = {0: [], 4: []}
+        for r in range(runs):
+            for pf in (0, 4):
+                times[pf].append(prefetch_catchup(template, sub / f"run-{pf}-{r}", pf, end))
+        for pf in (0, 4):
+            results[f"prefetch{pf}_{size}B_catchup_s"] = times[pf]
+            results[f"prefetch{pf}_{size}B_median_s"] = median(times[pf])
+        sp = results[f"prefetch0_{size}B_median_s"] / results[f"prefetch4_{size}B_median_s"]
+        results[f"prefetch_speedup_{size}B"] = sp
+        lines.append(f"walreceiver_restores catch-up of 40 segments ({size}-byte rows), 50 ms restore latency: "
+                     f"prefetch 0 {results[f'prefetch0_{size}B_median_s']:.2f} s, prefetch 4 "
+                     f"{results[f'prefetch4_{size}B_median_s']:.2f} s (median of {runs}; x{sp:.2f})")
+    return results, lines
+
+
+def run(steady: float = 15.0, outage: float = 20.0, prefetch_runs: int = 5, approaches: bool = True) -> dict:
     results: dict = {"approaches": []}
     with tempdir("walswitch-bench-compare-") as base:
-        for a in APPROACHES:
-            results["approaches"].append(run_one(base, a, steady, outage))
-        # Small rows make replay itself the bottleneck (about 40 ms a segment here);
-        # 4 kB rows leave the restore latency as the cost prefetching hides.
-        lines = []
-        for size in (200, 4096):
-            for pf in (0, 4):
-                times = []
-                for r in range(prefetch_runs):
-                    sub = base / f"pf{pf}-{size}-{r}"
-                    sub.mkdir()
-                    times.append(prefetch_catchup(sub, pf, value_size=size))
-                results[f"prefetch{pf}_{size}B_catchup_s"] = times
-                results[f"prefetch{pf}_{size}B_median_s"] = median(times)
-            sp = results[f"prefetch0_{size}B_median_s"] / results[f"prefetch4_{size}B_median_s"]
-            results[f"prefetch_speedup_{size}B"] = sp
-            lines.append(f"walreceiver_restores catch-up of 40 segments ({size}-byte rows), 50 ms restore latency: "
-                         f"prefetch 0 {results[f'prefetch0_{size}B_median_s']:.2f} s, prefetch 4 "
-                         f"{results[f'prefetch4_{size}B_median_s']:.2f} s (median of {prefetch_runs}; x{sp:.2f})")
+        if approaches:
+            for a in APPROACHES:
+                results["approaches"].append(run_one(base, a, steady, outage))
+        pf, lines = prefetch_speedup(base, prefetch_runs)
+        results.update(pf)
     results["table"] = table(results) + "\n" + "\n".join(lines)
     return results
 
@@ -282,7 +335,11 @@ def table(res: dict) -> str:
 
 
 if __name__ == "__main__":
+    # python -m bench.compare [steady outage] | python -m bench.compare prefetch
     import sys
-    r = run(*(float(a) for a in sys.argv[1:3]))
-    print(table(r))
-    print(json.dumps({k: v for k, v in r.items() if k != "approaches"}, indent=2))
+    if sys.argv[1:] == ["prefetch"]:
+        r = run(approaches=False)
+    else:
+        r = run(*(float(a) for a in sys.argv[1:3]))
+    print(r["table"])
+    print(json.dumps({k: v for k, v in r.items() if k not in ("approaches", "table")}, indent=2))
