@@ -753,15 +753,17 @@ class Standby:
             rec = reader.read_record()
             if rec is not None:
                 return rec
+            if replaying:
+                # Replayed all we had: make it visible and reported now (replay lag).  While
+                # streaming this is once per refresh of read_upto, so rarely when far behind.
+                self.flush_replay()
+                self.force_walreceiver_reply()
             if self.state == RecoveryState.STREAMING:
                 # The walreceiver may have flushed more since read_upto was set.
                 upto = self.ctx.shared.walrcv.get("flushed_lsn")
                 if upto != reader.read_upto:
                     reader.read_upto = upto
                     continue
-            if replaying:
-                self.flush_replay()
-                self.force_walreceiver_reply()
             if self.flags.promote or self.promote_requested():
                 raise Promote()
             self.wait_for_wal(reader)
