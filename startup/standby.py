@@ -37,8 +37,13 @@ WAL; one that stops with an error (PostgreSQL's message, logged once) makes
 the current source count as failed.  Either way the machine fetches and the
 reader retries at the same position.
 
-Replay applies each committed transaction at its commit record (one SQLite
-transaction with the LSN, startup/redo.py).  Every replayed checkpoint record
+Replay applies committed transactions at their commit records, in batches
+(one SQLite transaction with the LSN, startup/redo.py).  ``replay_loop`` is
+the hot path: records in batches from ``WalReader.read_records``; only when
+the reader runs dry does the startup apply and publish what it replayed,
+force a walreceiver reply, look at the shared state and wait (``next_record``,
+``wait_for_wal``).  A shutdown request is noticed after each batch, a promote
+request when WAL runs out, as PostgreSQL's.  Every replayed checkpoint record
 becomes a restartpoint: the store is synced and the control file points at
 that checkpoint, so a crash-restart replays from there and skips commits the
 store already holds.

@@ -11,13 +11,13 @@ import os
 import sqlite3
 import tempfile
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from primary.kvstore import KVStore
 from startup.redo import Redo
+from tests.cluster import wait_for
 from xlog import constants as C
 from xlog.reader import WalReader
 from xlog.record import (CheckPoint, KvDelete, KvPut, abort_record, checkpoint_record, commit_record,
@@ -156,16 +156,6 @@ def test_apply_many_runs_equal_changes_in_order(txns: list) -> None:
             assert dict(store.items()) == model and store.applied_lsn() == 100 + 8 * (len(txns) - 1)
         finally:
             store.close()
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.timeout(60)
