@@ -13,8 +13,9 @@ same settings otherwise.  The script:
 Figures per approach, from the standby's events: restore_command calls (and
 failed ones, and who ran them), bytes fetched twice (a walreceiver restarting
 below what it had flushed, plus restored segments the standby already had
-whole), seconds from the primary's return to streaming (after the restart and
-after the outage), replay lag p50/p99 under steady load.
+whole), seconds from the primary's return (its postmaster reaching RUN) to the
+standby streaming again, from both servers' events (after the restart and after
+the outage), replay lag p50/p99 under steady load.
 
 A second part measures ``walreceiver_restore_prefetch``: catch-up of 40
 archived segments with a 50 ms restore latency, prefetch 0 against 4, on
@@ -142,6 +143,30 @@ def fetched_twice(evs: list[dict]) -> int:
     return twice
 
 
+def back_to_streaming(pdir: Path, sdir: Path) -> float | None:
+    """Seconds from the primary's latest return (its postmaster reaching RUN) until the standby
+    streams again: walreceiver STREAMING and the startup in STREAMING, whichever is later.
+
+    From both servers' events (one monotonic clock on one machine), so that neither
+    the time ``walswitch start`` takes to return nor polling is counted.
+    """
+    runs = [e["mono"] for e in events(pdir) if e["kind"] == "pm_state" and e.get("to") == "RUN"]
+    if not runs:
+        return None
+    ready = runs[-1]
+    evs = events(sdir)
+    wr = [e["mono"] for e in evs if e["kind"] == "walreceiver_state" and e.get("to") == "streaming"
+          and e["mono"] >= ready]
+    if not wr:
+        return None
+    rec = [e for e in evs if e["kind"] == "recovery_state"]
+    before = [e for e in rec if e["mono"] <= wr[0]]
+    if before and before[-1].get("to") == "streaming":
+        return wr[0] - ready                      # the startup never left STREAMING
+    after = [e["mono"] for e in rec if e["mono"] > wr[0] and e.get("to") == "streaming"]
+    return (after[0] if after else wr[0]) - ready
+
+
 def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
     archive = base / f"archive-{approach}"
     archive.mkdir()
@@ -178,12 +203,14 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
                 # Primary restart.
                 ws_stop_keep(primary)
                 ws_start(primary)
-                out["restart_to_streaming_s"] = wait(lambda: streaming(sdir), 60)
+                wait(lambda: streaming(sdir), 60)
+                out["restart_to_streaming_s"] = back_to_streaming(pdir, sdir)
                 # Outage.
                 ws_stop_keep(primary)
                 time.sleep(outage)  # the scripted outage itself, not a wait for an event
                 ws_start(primary)
-                out["outage_to_streaming_s"] = wait(lambda: streaming(sdir), 120)
+                wait(lambda: streaming(sdir), 120)
+                out["outage_to_streaming_s"] = back_to_streaming(pdir, sdir)
                 time.sleep(3)       # a little load after the return
             flush = parse_lsn(primary.query("SELECT pg_current_wal_lsn()")[0][0])
             wait(lambda: (parse_lsn(ws_status(sdir).get("replay_lsn") or "0/0") or 0) >= flush, 60)
