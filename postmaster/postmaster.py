@@ -172,6 +172,10 @@ class Postmaster:
 
     # ------------------------------------------------------------ setup
     def setup(self) -> None:
+        # As PostgreSQL's ChangeToDataDir: every process works in the data directory
+        # (relative paths in settings mean the same to all of them, and a process of
+        # this server can be told by its working directory even after an orphaning).
+        os.chdir(self.datadir)
         self.events = EventLog(self.datadir, "postmaster")
         port = self.config["port"]
         host = listen_host(self.config)

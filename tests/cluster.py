@@ -74,11 +74,20 @@ def walswitch_processes(datadir: str | None = None) -> list[psutil.Process]:
         if datadir is None:
             out.append(p)
             continue
+        # Every process of a server works in its data directory (the postmaster
+        # changes there before it forks), orphans included; the postmaster ancestor
+        # covers a process whose directory cannot be read.
+        try:
+            if p.cwd() == datadir:
+                out.append(p)
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
         try:
             root = _postmaster_of(p)
         except psutil.NoSuchProcess:
             continue
-        if root is not None and f"-D {datadir}" in " ".join(root.cmdline()):
+        if root is not None and " ".join(root.cmdline()) == f"walswitch: postmaster -D {datadir}":
             out.append(p)
     return out
 
