@@ -224,7 +224,8 @@ class Backend(Engine):
         except OSError as e:
             raise Panic(f"could not fdatasync WAL: {e}") from e
         try:
-            self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli)
+            self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli,
+                                  must_apply=True)
         except Exception as e:
             raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
         self.publish()

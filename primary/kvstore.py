@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from itertools import groupby
 from operator import itemgetter
 
+from xlog.lsn import format_lsn
+
 KV_RELPATH = os.path.join("base", "kv.sqlite")
 
 Change = tuple[str, str, "str | None"]      # (op 'put'|'delete', key, value)
@@ -189,11 +191,15 @@ class KVStore:
         """Apply one committed transaction; False (nothing done) if already applied."""
         return self.apply_many([(changes, commit_end_lsn)], tli) > 0
 
-    def apply_many(self, batch: list[tuple[list[Change], int]], tli: int | None = None) -> int:
+    def apply_many(self, batch: list[tuple[list[Change], int]], tli: int | None = None,
+                   must_apply: bool = False) -> int:
         """Apply committed transactions in order, in one SQLite transaction.
 
         ``batch`` is a list of (changes, commit_end_lsn), in commit order.
-        Entries whose end LSN is <= the stored applied_lsn are skipped.
+        Entries whose end LSN is <= the stored applied_lsn are skipped (replay
+        after a crash), unless ``must_apply``: then nothing is applied and
+        ValueError is raised (a primary's new commits can never be behind its
+        store; acknowledging such a commit would lose it).
         Returns how many were applied.  ``tli`` defaults to the stored one.
         """
         if not batch:
@@ -207,6 +213,9 @@ class KVStore:
             todo: list[Change] = []
             for changes, end_lsn in batch:
                 if end_lsn <= last:
+                    if must_apply:
+                        raise ValueError(f"commit ending at {format_lsn(end_lsn)} is not beyond the store's "
+                                         f"position {format_lsn(last)}")
                     continue
                 todo.extend(changes)
                 last = end_lsn

@@ -491,6 +491,15 @@ def test_kvstore_apply_skip(store):
 
 
 @pytest.mark.timeout(30)
+def test_kvstore_must_apply_refuses_old_commits(store):
+    """A primary's commit at or below the store's position is a bug: refused whole, nothing applied."""
+    store.apply([("put", "a", "1")], 100, 1)
+    with pytest.raises(ValueError, match="not beyond the store's position"):
+        store.apply_many([([("put", "b", "2")], 200), ([("put", "c", "3")], 100)], 1, must_apply=True)
+    assert store.items() == [("a", "1")] and store.applied_lsn() == 100
+
+
+@pytest.mark.timeout(30)
 def test_kvstore_atomic(store):
     store.apply([("put", "a", "1")], 10, 1)
     bad = [("put", "x", "1"), ("frobnicate", "y", None)]

@@ -297,6 +297,9 @@ def test_injection_points_armed_at_run_time(nodes, receiver_env):
     assert env.state() == WalRcvState.STARTING and not env.events_of("walreceiver_connect")
     release(env.datadir, "walreceiver_start")
     wait_for(lambda: env.state() == WalRcvState.STREAMING, 20, "streaming after the release")
+    # First all the WAL the primary has, so that the next flush is of the rows below.
+    have = primary.flush_lsn()
+    wait_for(lambda: env.flushed() >= have, 20, "the walreceiver to flush what the primary had")
     # Written, fsynced, not yet published: killed there, the flush position stays where it was.
     flushed = env.flushed()
     arm(env.datadir, "after_flush", "kill")
