@@ -15,7 +15,8 @@ failed ones, and who ran them), bytes fetched twice (a walreceiver restarting
 below what it had flushed, plus restored segments the standby already had
 whole), seconds from the primary's return (its postmaster reaching RUN) to the
 standby streaming again, from both servers' events (after the restart and after
-the outage), replay lag p50/p99 under steady load.
+the outage), replay lag p50/p99 under steady load.  A PNG timeline of states and
+positions per approach goes to bench-results/compare-timeline.png (bench/timeline.py).
 
 A second part measures ``walreceiver_restore_prefetch``: catch-up of 40
 archived segments with a 50 ms restore latency, prefetch 0 against 4, on
@@ -32,8 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import (Server, free_port, median, percentile, tempdir, walswitch_server, ws_basebackup,
+from bench.common import (ROOT, Server, free_port, median, percentile, tempdir, walswitch_server, ws_basebackup,
                           ws_init, ws_start, ws_status, ws_stop)
+from bench.timeline import Sampler, plot
 from xlog.lsn import parse_lsn
 
 TITLE = "the three coordination approaches on one scripted run (steady load, restart, outage, 50 ms archive)"
@@ -180,8 +182,10 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
             "restore_command": f"sleep 0.05; cp {archive}/%f %p", "standby_wal_coordination": approach,
             "wal_retrieve_retry_interval": "1s", "wal_receiver_status_interval": "1s"})
         standby = Server("walswitch", sdir, sport, "standby")
+        sampler = Sampler(sdir)
         try:
             ws_start(standby, wait_ready=False)
+            sampler.__enter__()
             if wait(lambda: streaming(sdir), 60) is None:
                 raise RuntimeError(f"{approach}: the standby never streamed")
             with Load(primary):
@@ -201,13 +205,16 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
                 out["lag_p99_ms"] = percentile(lags, 99) * 1000 if lags else None
                 out["lag_samples"] = len(lags)
                 # Primary restart.
+                sampler.mark("primary restart")
                 ws_stop_keep(primary)
                 ws_start(primary)
                 wait(lambda: streaming(sdir), 60)
                 out["restart_to_streaming_s"] = back_to_streaming(pdir, sdir)
                 # Outage.
+                sampler.mark("primary stopped")
                 ws_stop_keep(primary)
                 time.sleep(outage)  # the scripted outage itself, not a wait for an event
+                sampler.mark("primary back")
                 ws_start(primary)
                 wait(lambda: streaming(sdir), 120)
                 out["outage_to_streaming_s"] = back_to_streaming(pdir, sdir)
@@ -225,7 +232,10 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
             out["restore_by"] = sorted({e.get("by", "?") for e in restores})
             out["fetched_twice_bytes"] = fetched_twice(evs)
             out["crash_restarts"] = sum(1 for e in evs if e["kind"] == "crash_restart")
+            sampler.__exit__()
+            out["timeline"] = sampler.record(evs)
         finally:
+            sampler.__exit__()
             ws_stop(standby)
     return out
 
@@ -339,11 +349,14 @@ def prefetch_speedup(base: Path, runs: int = 5) -> tuple[dict, list[str]]:
 def run(steady: float = 15.0, outage: float = 20.0, prefetch_runs: int = 5, approaches: bool = True) -> dict:
     results: dict = {"approaches": []}
     with tempdir("walswitch-bench-compare-") as base:
+        lines = []
         if approaches:
             for a in APPROACHES:
                 results["approaches"].append(run_one(base, a, steady, outage))
-        pf, lines = prefetch_speedup(base, prefetch_runs)
+            lines.append(plot(results["approaches"], ROOT / "bench-results" / "compare-timeline.png"))
+        pf, pf_lines = prefetch_speedup(base, prefetch_runs)
         results.update(pf)
+        lines += pf_lines
     results["table"] = table(results) + "\n" + "\n".join(lines)
     return results
 
