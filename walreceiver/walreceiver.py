@@ -229,6 +229,9 @@ def set_walrcv_state(ctx: ChildContext, new: WalRcvState, reason: str, *,
     if new != old:
         log.debug("walreceiver state %s -> %s: %s", _state_name(old), _state_name(new), reason)
         ctx.events.emit("walreceiver_state", **{"from": _state_name(old), "to": _state_name(new), "reason": reason})
+        # The startup decides on our state (a lost stream, a reconnect): it must not
+        # learn of it only at its next timeout.
+        ctx.shared.latches["startup"].set()
     return old
 
 
