@@ -161,17 +161,23 @@ class ReplaySampler:
         self.thread.join(5)
 
 
-@pytest.mark.timeout(240)
-def test_prefetch_restores_ahead_of_replay(nodes, tmp_path):
+def archive_catchup_setup(nodes, tmp_path, prefetch: int, rows: int):
+    """A primary that archived `rows` 1000-byte rows (about one segment a thousand), and a standby
+    not started yet that can only restore them (50 ms restore_command, no primary to stream from)."""
     primary, archive = make_primary(nodes, tmp_path)
     standby = nodes.standby(primary, start=False, archive=archive, standby_wal_coordination=COORD,
-                            restore_command=f"sleep 0.05; cp {archive}/%f %p", walreceiver_restore_prefetch=4,
+                            restore_command=f"sleep 0.05; cp {archive}/%f %p", walreceiver_restore_prefetch=prefetch,
                             primary_conninfo=dead_conninfo())
-    write_rows(primary, 0, 12000, size=1000, switch_every=0)
+    write_rows(primary, 0, rows, size=1000, switch_every=0)
     primary.sql("SELECT pg_switch_wal()")
     wait_archived(primary)
-    segs = archived(archive)
-    assert len(segs) >= 12
+    assert len(archived(archive)) >= rows // 1000
+    return primary, archive, standby
+
+
+@pytest.mark.timeout(240)
+def test_prefetch_restores_ahead_of_replay(nodes, tmp_path):
+    primary, archive, standby = archive_catchup_setup(nodes, tmp_path, 4, 12000)
     with ReplaySampler(standby) as sampler:
         standby.start(wait_ready=False)
         wait_for(lambda: count_rows(standby) == 12000, 120, "the standby to replay the archive")
@@ -199,14 +205,7 @@ def test_prefetch_restores_ahead_of_replay(nodes, tmp_path):
 def test_prefetch_zero_restores_only_what_the_startup_waits_for(nodes, tmp_path):
     """walreceiver_restore_prefetch = 0 means no segment restored ahead: each restore
     begins after the startup first waited for that segment (its wal_wait event)."""
-    primary, archive = make_primary(nodes, tmp_path)
-    standby = nodes.standby(primary, start=False, archive=archive, standby_wal_coordination=COORD,
-                            restore_command=f"sleep 0.05; cp {archive}/%f %p", walreceiver_restore_prefetch=0,
-                            primary_conninfo=dead_conninfo())
-    write_rows(primary, 0, 8000, size=1000, switch_every=0)
-    primary.sql("SELECT pg_switch_wal()")
-    wait_archived(primary)
-    assert len(archived(archive)) >= 8
+    _primary, _archive, standby = archive_catchup_setup(nodes, tmp_path, 0, 8000)
     standby.start(wait_ready=False)
     wait_for(lambda: count_rows(standby) == 8000, 120, "the standby to replay the archive")
     waited = {}
