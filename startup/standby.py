@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 from startup.redo import Redo
 from startup.restore import RestoreFatal, restore_file
-from startup.states import RecoveryState, WalRcvState, WalSource
+from startup.states import RESCAN_EVERY, RecoveryState, WalRcvState, WalSource
 from walswitch import elog
 from walswitch.proc import ChildContext, set_title
 from xlog import archive_status
@@ -288,11 +288,7 @@ class Standby:
             probe += 1
         return found
 
-    # PostgreSQL looks for a newer timeline's history file at every archive retry, so
-    # about half of its restore_command calls during an outage ask for a file that is
-    # not there.  We look when the walreceiver reached the end of its timeline, and
-    # otherwise every RESCAN_EVERY retry intervals (measured in bench/compare.py).
-    RESCAN_EVERY = 10
+    RESCAN_EVERY = RESCAN_EVERY     # see startup/states.py
 
     def rescan_due(self, interval: float) -> bool:
         if self.cfg["recovery_target_timeline"] != "latest":

@@ -186,14 +186,15 @@ def test_prefetch_restores_ahead_of_replay(nodes, tmp_path):
     intervals = sorted((e["mono"] - e["seconds"], e["mono"]) for e in restores)
     overlap = max(sum(1 for s, t in intervals if s <= start < t) for start, _ in intervals)
     assert overlap >= 3, f"at most {overlap} restores ran at once"
-    # A restore of segment k+2 completed while the startup was still replaying segment k (or earlier).
+    # Segment k's restore launched while the startup still replayed segment k-2 or earlier
+    # (its replay_lsn, read from shared memory at the launch), or completed while it did.
     ahead = []
     for e in restores:
         segno = parse_segment_name(e["file"], SEG)[1]
+        at_launch = parse_lsn(e["startup_replay"])
         replay = sampler.replay_after(e["mono"])
-        if replay and replay < segment_start(segno - 1, SEG):
-            ahead.append((e["file"], replay))
-    print("OVERLAP", overlap, "AHEAD", len(ahead), ahead[:8], "OF", len(restores))
+        if at_launch < segment_start(segno - 1, SEG) or (replay and replay < segment_start(segno - 1, SEG)):
+            ahead.append((e["file"], e["startup_replay"]))
     assert len(ahead) >= 3, f"restores ahead of replay: {ahead}"
     # Published in order, each segment once.
     fetched = [e["file"] for e in standby.events("segment_fetched") if e.get("by") == "walreceiver"]
@@ -220,6 +221,9 @@ def test_prefetch_zero_restores_only_what_the_startup_waits_for(nodes, tmp_path)
         if segno not in waited or began < waited[segno]:
             early.append((e["file"], round(waited.get(segno, 0) - began, 3)))
     assert not early, f"restored before the startup needed them (file, seconds early): {early}"
+    # Nor launched while the startup was a segment or more behind it.
+    assert all(parse_lsn(e["startup_replay"]) >= segment_start(parse_segment_name(e["file"], SEG)[1] - 1, SEG)
+               for e in restores[1:]), [(e["file"], e["startup_replay"]) for e in restores]
     # Never two at once.
     spans = sorted((e["mono"] - e["seconds"], e["mono"]) for e in restores)
     assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))

@@ -65,7 +65,8 @@ What a lost or impossible stream leads to depends on ``standby_wal_coordination`
   processes at once for consecutive segments; each is installed when done,
   and flushed_lsn moves over the contiguous prefix only, in order.  With
   ``recovery_target_timeline = latest`` it also restores the next timeline's
-  history file, at most once per interval, so the startup can follow.  A
+  history file (at once, then every RESCAN_EVERY intervals), so the startup
+  can follow.  A
   restore failure PostgreSQL treats as fatal (signal, exit 126, 127, > 128)
   is FATAL here (exit 1), with ``restore_fatal`` set in shared memory for the
   startup, which in PostgreSQL would be the process dying of it.
@@ -150,7 +151,7 @@ import time
 from dataclasses import dataclass, field
 
 from startup.restore import RestoreFatal, RestoreResult, describe_status, restore_file
-from startup.states import WalRcvState, WalSource
+from startup.states import RESCAN_EVERY, WalRcvState, WalSource
 from walswitch import elog
 from walswitch.inject import InjectedError, inject
 from walswitch.proc import ChildContext, set_title
@@ -281,6 +282,7 @@ class RestoreJob:
     segno: int
     names: list[str]
     started: float
+    replay_at_launch: int = 0         # the startup's replay_lsn when the restore was launched
     thread: threading.Thread | None = None
     results: list[RestoreResult] = field(default_factory=list)
     child: int | None = None          # the restore_command's pid (its process group) while it runs
@@ -1357,7 +1359,7 @@ class WalReceiver:
     def start_job(self, segno: int, command: str, lrp: str) -> RestoreJob:
         names = [segment_name(t, segno, self.segsize) for t in self.candidates(segno)]
         self.hook("before_restore", refresh=True, file=names[0])
-        job = RestoreJob(segno, names, time.monotonic())
+        job = RestoreJob(segno, names, time.monotonic(), replay_at_launch=self.shared.recovery.get("replay_lsn"))
         timeout = float(self.cfg["restore_command_timeout"])
 
         def should_stop() -> bool:
@@ -1394,7 +1396,9 @@ class WalReceiver:
         if job.thread is not None:
             job.thread.join()
         for res in job.results:
-            self.emit_restore(res.fname, res.ok, res.exit_code, res.seconds, res.size, res.reason)
+            # Where the startup's replay stood when this restore was launched (how far ahead it ran).
+            self.emit_restore(res.fname, res.ok, res.exit_code, res.seconds, res.size, res.reason,
+                              startup_replay=format_lsn(job.replay_at_launch))
         tried = len(job.results)
         if job.cancelled or job.fatal or job.error:
             fname = job.names[min(tried, len(job.names) - 1)]
@@ -1417,9 +1421,10 @@ class WalReceiver:
         self.hook("after_restore", refresh=True, file=ok.fname)
         return True
 
-    def emit_restore(self, fname: str, ok: bool, code: int | None, seconds: float, size: int, reason: str) -> None:
+    def emit_restore(self, fname: str, ok: bool, code: int | None, seconds: float, size: int, reason: str,
+                     **extra: object) -> None:
         self.ctx.events.emit("restore", file=fname, ok=ok, exit=code, seconds=round(seconds, 4), bytes=size,
-                             reason=reason, by="walreceiver")
+                             reason=reason, by="walreceiver", **extra)
         if not ok and code is not None and code != 0 and reason == "not found":
             log.debug('could not restore file "%s" from archive: %s', fname, describe_status(code))
 
@@ -1467,11 +1472,17 @@ class WalReceiver:
         self.jobs.clear()
 
     def maybe_restore_history(self) -> None:
-        """recovery_target_timeline = latest: the next timeline's history file, at most once per interval."""
+        """recovery_target_timeline = latest: the next timeline's history file from the archive.
+
+        At once when this walreceiver first needs the archive, then every
+        RESCAN_EVERY retry intervals (startup/states.py), as the startup does
+        under the other approaches, not at every round as PostgreSQL: most of
+        those calls ask for a file that is not there.
+        """
         command = self.cfg["restore_command"]
         if self.cfg["recovery_target_timeline"] != "latest" or not command:
             return
-        if time.monotonic() - self.history_tried_at < self.retry_interval:
+        if time.monotonic() - self.history_tried_at < RESCAN_EVERY * self.retry_interval:
             return
         self.history_tried_at = time.monotonic()
         tli = max(self.shared.recovery.get("timeline") or 0, self.tli) + 1
