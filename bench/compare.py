@@ -206,13 +206,13 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
                 out["lag_samples"] = len(lags)
                 # Primary restart.
                 sampler.mark("primary restart")
-                ws_stop_keep(primary)
+                ws_stop(primary)
                 ws_start(primary)
                 wait(lambda: streaming(sdir), 60)
                 out["restart_to_streaming_s"] = back_to_streaming(pdir, sdir)
                 # Outage.
                 sampler.mark("primary stopped")
-                ws_stop_keep(primary)
+                ws_stop(primary)
                 time.sleep(outage)  # the scripted outage itself, not a wait for an event
                 sampler.mark("primary back")
                 ws_start(primary)
@@ -238,11 +238,6 @@ def run_one(base: Path, approach: str, steady: float, outage: float) -> dict:
             sampler.__exit__()
             ws_stop(standby)
     return out
-
-
-def ws_stop_keep(srv: Server) -> None:
-    """Immediate stop of a server that will be started again (its process list is reset)."""
-    ws_stop(srv)
 
 
 def prefetch_archive(base: Path, value_size: int, segments: int = 40, writers: int = 4) -> tuple[Path, int]:

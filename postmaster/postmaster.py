@@ -118,7 +118,6 @@ def describe_exit(status: int) -> tuple[str, bool, int | None]:
     return f"exited with exit code {code}", False, code
 
 
-
 def preload_child_modules() -> None:
     """Import every child's code once, before the first fork.
 
@@ -132,6 +131,7 @@ def preload_child_modules() -> None:
     import primary.walsender  # noqa: F401
     import startup.startup  # noqa: F401
     import walreceiver.walreceiver  # noqa: F401
+
 
 class Postmaster:
     def __init__(self, datadir: str, config: Config, *, detached: bool = False):

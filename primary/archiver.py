@@ -48,6 +48,7 @@ import time
 from shmem.sync import WaitSet
 from walswitch import elog
 from walswitch.proc import ChildContext, child_start, set_title
+from xlog.durable import fsync_dir
 from xlog.lsn import is_history_file_name
 
 log = elog.logger()
@@ -95,14 +96,6 @@ def ready_files(status_dir: str) -> list[str]:
         return []
     names = [e[:-len(".ready")] for e in entries if e.endswith(".ready") and not e.startswith(".")]
     return sorted(names, key=lambda n: (not is_history_file_name(n), n))
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def mark_done(status_dir: str, name: str) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from itertools import groupby
 from operator import itemgetter
 
+from xlog.durable import fsync_dir
 from xlog.lsn import format_lsn
 
 KV_RELPATH = os.path.join("base", "kv.sqlite")
@@ -52,17 +53,6 @@ _OP = itemgetter(0)
 
 def kv_path(datadir: str) -> str:
     return os.path.join(datadir, KV_RELPATH)
-
-
-def _fsync_path(path: str, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class KVStore:
@@ -227,8 +217,11 @@ class KVStore:
                 c.execute("UPDATE meta SET applied_lsn = ?, applied_tli = ? WHERE id = 1",
                           (last, applied_tli if tli is None else tli))
             c.execute("COMMIT")
-            if self._checkpointer is not None:
-                self._checkpointer.kick()
+            if self._checkpointer is not None and not self._checkpointer.kick():
+                # The thread failed: checkpoint on commit again, as SQLite does by default.
+                self._checkpointer.stop()
+                self._checkpointer = None
+                c.execute("PRAGMA wal_autocheckpoint=1000")
         except BaseException:
             try:
                 c.execute("ROLLBACK")
@@ -251,7 +244,7 @@ class KVStore:
         # last one, checkpoint and delete the -wal file under our open connection
         # (whose later commits would then be invisible and lost).
         self.conn.execute("PRAGMA wal_checkpoint(FULL)")
-        _fsync_path(os.path.dirname(os.path.abspath(self.path)), directory=True)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
 
 class _Checkpointer:
@@ -273,8 +266,12 @@ class _Checkpointer:
         self.thread = threading.Thread(target=self.run, name="sqlite-checkpointer", daemon=True)
         self.thread.start()
 
-    def kick(self) -> None:
+    def kick(self) -> bool:
+        """Ask for a checkpoint; False if the thread has failed (the caller takes over)."""
+        if self.error is not None:
+            return False
         self.wake.set()
+        return True
 
     def run(self) -> None:
         try:

@@ -11,13 +11,11 @@ position.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import struct
-from collections.abc import Sequence
-
 from xlog import constants as C
-from xlog.record import DecodedRecord, KvDelete, KvPut
+from xlog.record import DecodedRecord, KvDelete, kv_put_fields
 
 # Hot-loop constants as plain globals.
 _RM_KV = C.RM_KV_ID
@@ -28,8 +26,6 @@ _KV_PUT = C.KV_PUT
 _KV_DELETE = C.KV_DELETE
 _XACT_OPMASK = C.XLOG_XACT_OPMASK
 _COMMIT = C.XLOG_XACT_COMMIT
-_KV_HDR = struct.Struct("<II")      # key_len, value_len: KvPut's layout (xlog/record.py)
-_KV_NULL = 0xFFFFFFFF
 
 
 @dataclass
@@ -63,8 +59,8 @@ class Redo:
     def apply_records(self, recs: Sequence[DecodedRecord], i: int) -> int:
         """Replay recs[i:] up to the first XLOG record (left for the caller); its index, or len(recs).
 
-        Replay's hot loop: KV records decoded inline (KvPut.unpack's checks,
-        without a dataclass per row), commits queued for the batch apply.
+        Replay's hot loop: KV records decoded without a dataclass per row
+        (``kv_put_fields``), commits queued for the batch apply.
         """
         open_xacts = self.open_xacts
         pending = self.pending
@@ -83,17 +79,7 @@ class Redo:
                     op = rec.info & _INFO_MASK
                     data = rec.main_data
                     if op == _KV_PUT:
-                        if len(data) < 8:
-                            KvPut.unpack(data)      # raises the precise error
-                        klen, vlen = _KV_HDR.unpack_from(data, 0)
-                        if vlen == _KV_NULL:
-                            if len(data) != 8 + klen:
-                                KvPut.unpack(data)
-                            change = ("put", data[8:8 + klen].decode("utf-8"), None)
-                        else:
-                            if len(data) != 8 + klen + vlen:
-                                KvPut.unpack(data)
-                            change = ("put", data[8:8 + klen].decode("utf-8"), data[8 + klen:].decode("utf-8"))
+                        change = ("put", *kv_put_fields(data))
                     elif op == _KV_DELETE:
                         change = ("delete", KvDelete.unpack(data).key, None)
                     else:
@@ -109,7 +95,6 @@ class Redo:
                     if (rec.info & _XACT_OPMASK) == _COMMIT and changes and rec.next_lsn > self.applied_lsn:
                         pending.append((changes, rec.next_lsn))
                         if len(pending) >= self.batch:
-                            self.last_end_lsn = rec.next_lsn
                             self.flush()
                             pending = self.pending
                 self.last_end_lsn = rec.next_lsn

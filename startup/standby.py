@@ -67,7 +67,7 @@ from xlog.history import TimelineHistoryEntry, read_history, write_history_file
 from xlog.lsn import (format_lsn, history_file_name, is_segment_name, parse_segment_name, segment_name,
                       segment_start, segno_of)
 from xlog.reader import WalReader
-from xlog.writer import fsync_dir
+from xlog.durable import fsync_dir
 from xlog.record import CheckPoint, EndOfRecovery, timestamptz_now
 
 log = elog.logger()
@@ -141,7 +141,6 @@ class Standby:
     walrcv_requested_at: float = -1e9               # monotonic time of the last walreceiver request
     published_at: float = 0.0                       # monotonic time replay_lsn was last published
     reply_forced_at: int = 0                        # replay position we last forced a reply for
-    replay_tli: int = 0                             # timeline of the last record replayed
     wait_event_segno: int = -1                      # segment of the last wal_wait event (walreceiver_restores)
 
     def __post_init__(self) -> None:
@@ -288,14 +287,12 @@ class Standby:
             probe += 1
         return found
 
-    RESCAN_EVERY = RESCAN_EVERY     # see startup/states.py
-
     def rescan_due(self, interval: float) -> bool:
         if self.cfg["recovery_target_timeline"] != "latest":
             return False
         now = time.monotonic()
         ended = WalRcvState(self.ctx.shared.walrcv.get("state")) == WalRcvState.WAITING
-        if ended or now - self.last_rescan >= self.RESCAN_EVERY * interval:
+        if ended or now - self.last_rescan >= RESCAN_EVERY * interval:
             self.last_rescan = now
             return True
         return False
@@ -643,8 +640,8 @@ class Standby:
         interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
         while True:
             self.check_interrupts()
-            w = self.ctx.shared.walrcv.read("state", "flushed_lsn", "fetch_source", "received_tli")
-            if "restore_fatal" in self.ctx.shared.walrcv and self.ctx.shared.walrcv.get("restore_fatal"):
+            w = self.ctx.shared.walrcv.read("state", "flushed_lsn", "fetch_source", "received_tli", "restore_fatal")
+            if w["restore_fatal"]:
                 # The walreceiver's restore_command died as PostgreSQL treats as fatal for recovery.
                 raise RestoreFatal("recovery stopped: restore_command failed fatally in the walreceiver")
             wst = WalRcvState(w["state"])
@@ -835,9 +832,9 @@ class Standby:
             return
         if self.redo.pending:
             return  # the store does not show these yet
-        self.replay_tli = self.reading[0]
         self.published_at = time.monotonic()
-        self.ctx.shared.recovery.update(replay_lsn=end, replay_tli=self.replay_tli or self.cf.timeline,
+        # The segment being read holds the last record replayed: its timeline is replay's.
+        self.ctx.shared.recovery.update(replay_lsn=end, replay_tli=self.reading[0],
                                         last_replay_time_us=int(time.time() * 1e6))
         if not self.consistent:
             self.check_consistency(end)

@@ -182,3 +182,20 @@ def test_background_checkpointer_copies_wal_and_stops(tmp_path) -> None:
     assert not any(t.name == "sqlite-checkpointer" for t in threading.enumerate())
     with KVStore(path) as again:
         assert again.count() == 2000 and again.applied_lsn() == lsn
+
+
+@pytest.mark.timeout(60)
+def test_failed_checkpointer_hands_checkpoints_back_to_the_writer(tmp_path) -> None:
+    store = KVStore(str(tmp_path / "kv.sqlite"))
+    try:
+        store.checkpoint_in_background(interval=0.01)
+        ckpt = store._checkpointer
+        ckpt.conn.close()                  # its next checkpoint fails
+        store.apply([("put", "a", "1")], 8, 1)
+        wait_for(lambda: ckpt.error is not None, 10, "the checkpointer thread to fail")
+        store.apply([("put", "b", "2")], 16, 1)
+        assert store._checkpointer is None and not ckpt.thread.is_alive()
+        assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        assert store.items() == [("a", "1"), ("b", "2")]
+    finally:
+        store.close()

@@ -202,6 +202,15 @@ def first_segment_start(primary) -> int:
     return min(segno_of_file(f) for f in os.listdir(os.path.join(primary.datadir, "pg_wal")) if len(f) == 24) * SEGSIZE
 
 
+def walsender_slots(primary) -> list[dict]:
+    """A snapshot of every walsender slot of the primary's shared memory (what it got from us)."""
+    sh = SharedState.attach(primary.datadir)
+    try:
+        return [slot.snapshot() for slot in sh.walsnd]
+    finally:
+        sh.close()
+
+
 def segno_of_file(name: str) -> int:
     return int(name[8:16], 16) * (0x100000000 // SEGSIZE) + int(name[16:24], 16)
 
@@ -254,13 +263,8 @@ def test_streams_identical_segments_publishes_and_wakes(nodes, receiver_env):
     assert not [f for f in os.listdir(env.pg_wal) if f.startswith("xlogtemp")]
 
     # The primary's walsender got our positions.
-    def reported() -> bool:
-        sh = SharedState.attach(primary.datadir)
-        try:
-            return any(s.get("flush_lsn") == flushed for s in sh.walsnd)
-        finally:
-            sh.close()
-    wait_for(reported, 20, "the primary to see our flush position")
+    wait_for(lambda: any(s["flush_lsn"] == flushed for s in walsender_slots(primary)), 20,
+             "the primary to see our flush position")
 
     # Process title.
     title = " ".join(psutil.Process(pid).cmdline()).split()
@@ -523,11 +527,7 @@ def test_answers_keepalives_that_ask_for_a_reply(nodes, receiver_env):
     seen: set[int] = set()
 
     def replies() -> bool:
-        sh = SharedState.attach(primary.datadir)
-        try:
-            seen.update(s.get("reply_time_us") for s in sh.walsnd if s.get("pid") == sender.pid)
-        finally:
-            sh.close()
+        seen.update(s["reply_time_us"] for s in walsender_slots(primary) if s["pid"] == sender.pid)
         return len(seen - {0}) >= 4
     wait_for(replies, 20, "four answered keepalives")
     assert sender.is_running() and env.state() == WalRcvState.STREAMING

@@ -22,7 +22,7 @@ import pytest
 from startup.states import WalRcvState, WalSource
 from tests.cluster import free_port, wait_for
 from tests.test_walreceiver import (SEGSIZE, fatal_lines, first_segment_start, receiver_env,  # noqa: F401
-                                    write_rows)
+                                    walsender_slots, write_rows)
 from walswitch.inject import arm, release
 from xlog.control import read_control, write_control
 from xlog.lsn import format_lsn, segment_name, segment_start
@@ -45,6 +45,14 @@ def fake_archive(path: Path, tli: int, first: int, n: int) -> list[str]:
         (path / name).write_bytes(bytes([segno % 251]) * SEGSIZE)
         names.append(name)
     return names
+
+
+def archive_receiver(receiver_env, tmp_path, restore_command: str, **settings):
+    """A walreceiver environment under walreceiver_restores with no primary: it can only restore."""
+    env = receiver_env(None, conninfo="", standby_wal_coordination="walreceiver_restores",
+                       restore_command=restore_command, recovery_target_timeline="current", **settings)
+    scratch_control(env, tmp_path)
+    return env
 
 
 def restores(env, ok: bool | None = None) -> list[dict]:
@@ -133,10 +141,7 @@ def test_concurrent_guard_in_place_or_replace(nodes, receiver_env, guard):
 def test_restores_in_order_marks_done_and_retries(receiver_env, tmp_path):
     archive = tmp_path / "archive"
     names = fake_archive(archive, 1, 3, 5)
-    env = receiver_env(None, conninfo="", standby_wal_coordination="walreceiver_restores",
-                       restore_command=f"cp {archive}/%f %p", wal_retrieve_retry_interval="300ms",
-                       recovery_target_timeline="current")
-    scratch_control(env, tmp_path)
+    env = archive_receiver(receiver_env, tmp_path, f"cp {archive}/%f %p", wal_retrieve_retry_interval="300ms")
     env.request(segment_start(3, SEGSIZE), 1)
     pid = env.fork_walreceiver()
     end = segment_start(8, SEGSIZE)
@@ -171,10 +176,7 @@ def test_restores_on_demand_and_prefetch(receiver_env, tmp_path):
     """prefetch N: at most N segments beyond where the startup is, up to 1 + N restores at once."""
     archive = tmp_path / "archive"
     fake_archive(archive, 1, 2, 20)
-    env = receiver_env(None, conninfo="", standby_wal_coordination="walreceiver_restores",
-                       restore_command=f"sleep 0.2; cp {archive}/%f %p", walreceiver_restore_prefetch=3,
-                       recovery_target_timeline="current")
-    scratch_control(env, tmp_path)
+    env = archive_receiver(receiver_env, tmp_path, f"sleep 0.2; cp {archive}/%f %p", walreceiver_restore_prefetch=3)
     stop = threading.Event()
     replay = [segment_start(2, SEGSIZE)]
 
@@ -218,10 +220,7 @@ def test_restores_on_demand_and_prefetch(receiver_env, tmp_path):
 def test_restores_refetch_request(receiver_env, tmp_path):
     archive = tmp_path / "archive"
     fake_archive(archive, 1, 4, 4)
-    env = receiver_env(None, conninfo="", standby_wal_coordination="walreceiver_restores",
-                       restore_command=f"cp {archive}/%f %p", wal_retrieve_retry_interval="200ms",
-                       recovery_target_timeline="current")
-    scratch_control(env, tmp_path)
+    env = archive_receiver(receiver_env, tmp_path, f"cp {archive}/%f %p", wal_retrieve_retry_interval="200ms")
     env.request(segment_start(4, SEGSIZE), 1)
     pid = env.fork_walreceiver()
     wait_for(lambda: env.flushed() == segment_start(8, SEGSIZE), 20, "segments 4..7")
@@ -244,9 +243,7 @@ def test_restores_refetch_request(receiver_env, tmp_path):
 @pytest.mark.parametrize("command,status", [("exit 127", "exited with exit code 127"),
                                             ("kill -9 $$", "was terminated by signal 9: Killed")])
 def test_restores_fatal_restore_command(receiver_env, tmp_path, command, status):
-    env = receiver_env(None, conninfo="", standby_wal_coordination="walreceiver_restores",
-                       restore_command=command, recovery_target_timeline="current")
-    scratch_control(env, tmp_path)
+    env = archive_receiver(receiver_env, tmp_path, command)
     env.request(segment_start(3, SEGSIZE), 1)
     pid = env.fork_walreceiver()
     assert env.wait_exit(pid) == 1
@@ -313,7 +310,6 @@ def test_injection_points_armed_at_run_time(nodes, receiver_env):
 @pytest.mark.timeout(90)
 def test_force_reply_reports_at_once(nodes, receiver_env):
     """WalRcvForceReply: with periodic status updates off, a forced reply still reaches the primary."""
-    from shmem.segment import SharedState
     primary = nodes.primary()
     env = receiver_env(primary, wal_receiver_status_interval=0, wal_receiver_timeout=0)
     env.request(first_segment_start(primary), 1)
@@ -322,11 +318,7 @@ def test_force_reply_reports_at_once(nodes, receiver_env):
     marker = first_segment_start(primary) + 4242
 
     def primary_saw() -> bool:
-        sh = SharedState.attach(primary.datadir)
-        try:
-            return any(s.get("replay_lsn") == marker for s in sh.walsnd)
-        finally:
-            sh.close()
+        return any(s["replay_lsn"] == marker for s in walsender_slots(primary))
     env.shared.recovery.update(replay_lsn=marker)
     assert not primary_saw()
     env.shared.walrcv.update(force_reply=1)

@@ -161,7 +161,8 @@ from xlog import archive_status
 from xlog.history import HistoryError, read_history
 from xlog.lsn import format_lsn, history_file_name, segment_name, segment_start, segno_of
 from xlog.durable import write_durably
-from xlog.writer import fsync_dir, init_segment_file
+from xlog.durable import fsync_dir
+from xlog.writer import init_segment_file
 
 log = elog.logger()
 

@@ -12,6 +12,7 @@ import time
 
 from xlog import constants as C
 from xlog.control import ControlFile, DBState, new_system_identifier, write_control
+from xlog.durable import fsync_dir
 from xlog.lsn import segment_start, valid_segsize
 from xlog.record import CheckPoint
 from xlog.writer import WalWriter
@@ -38,14 +39,6 @@ checkpoint_timeout = 5min
 
 class InitError(RuntimeError):
     pass
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .lsn import is_history_file_name
-from .writer import fsync_dir
+from .durable import fsync_dir
 
 STATUS_DIR = "archive_status"
 

@@ -487,15 +487,22 @@ class KvPut:
 
     @classmethod
     def unpack(cls, data: bytes) -> "KvPut":
-        if len(data) < 8:
-            raise WalError(f"KV_PUT record data too short: {len(data)} bytes")
-        klen, vlen = _KV_PUT.unpack_from(data, 0)
-        vl = 0 if vlen == _KV_NULL else vlen
-        if len(data) != 8 + klen + vl:
-            raise WalError(f"KV_PUT record data has length {len(data)}, expected {8 + klen + vl}")
-        key = data[8:8 + klen].decode("utf-8")
-        value = None if vlen == _KV_NULL else data[8 + klen:].decode("utf-8")
-        return cls(key, value)
+        return cls(*kv_put_fields(data))
+
+
+def kv_put_fields(data: bytes) -> tuple[str, str | None]:
+    """(key, value) of a KV_PUT record's data, checked; replay calls this once per row."""
+    n = len(data)
+    if n < 8:
+        raise WalError(f"KV_PUT record data too short: {n} bytes")
+    klen, vlen = _KV_PUT.unpack_from(data, 0)
+    if vlen == _KV_NULL:
+        if n != 8 + klen:
+            raise WalError(f"KV_PUT record data has length {n}, expected {8 + klen}")
+        return data[8:n].decode("utf-8"), None
+    if n != 8 + klen + vlen:
+        raise WalError(f"KV_PUT record data has length {n}, expected {8 + klen + vlen}")
+    return data[8:8 + klen].decode("utf-8"), data[8 + klen:].decode("utf-8")
 
 
 @dataclass(slots=True)

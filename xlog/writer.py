@@ -21,6 +21,7 @@ import os
 from typing import Callable
 
 from . import constants as C
+from .durable import fsync_dir
 from .errors import WalError
 from .lsn import (XLOG_BLCKSZ, format_lsn, page_header_size_at, segment_name, segno_of,
                   skip_page_header, valid_segsize)
@@ -31,14 +32,6 @@ SegmentCallback = Callable[[int, str], None]
 
 _ZEROS = bytes(1 << 20)  # immutable: a source of zeros for file init and switch padding
 _AUTO_WRITE_BYTES = 8 << 20  # write out when this much is buffered, as PG when wal_buffers fill
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
