@@ -138,7 +138,7 @@ def catchup_walswitch(base: Path, prep: dict, k: int) -> dict:
             raise BenchError(f"{e}; last replay_lsn {last[0]}\n{srv.log_tail(15)}") from None
         seconds = time.monotonic() - t0
         # Untimed: what it did (restored segments, rows visible), to show both did the same work.
-        from walswitch.events import read_events
+        from utils.events import read_events
         restored = sum(1 for e in read_events(str(datadir))
                        if e.get("kind") == "restore" and e.get("ok") and _is_segment(str(e.get("file"))))
         try:

@@ -47,10 +47,10 @@ from typing import Callable
 from postmaster import pidfile
 from shmem import names
 from shmem.segment import SharedState
-from walswitch import elog
-from walswitch.config import Config, listen_host
-from walswitch.events import EventLog
-from walswitch.proc import ChildContext, child_exit, set_title
+from utils import elog
+from utils.config import Config, listen_host
+from utils.events import EventLog
+from utils.proc import ChildContext, child_exit, set_title
 
 log = elog.logger()
 
@@ -126,9 +126,9 @@ def preload_child_modules() -> None:
     tens of milliseconds each time a walreceiver or backend was first
     needed (as gunicorn's preload_app, for the same reason).
     """
-    import primary.archiver  # noqa: F401
-    import primary.backend  # noqa: F401
-    import primary.walsender  # noqa: F401
+    import archiver.archiver  # noqa: F401
+    import backend.backend  # noqa: F401
+    import walsender.walsender  # noqa: F401
     import startup.startup  # noqa: F401
     import walreceiver.walreceiver  # noqa: F401
 
@@ -262,7 +262,7 @@ class Postmaster:
             # SIGCHLD: reap_children runs every iteration anyway.
 
     def reload(self) -> None:
-        from walswitch import config as cfgmod
+        from utils import config as cfgmod
         try:
             self.config = cfgmod.load(self.datadir, self.config_overrides())
         except cfgmod.ConfigError as e:
@@ -341,7 +341,7 @@ class Postmaster:
                     self.listen_sock.close()
                 ctx = ChildContext(self.datadir, self.config, self.shared, role, self.death_r,
                                    self.events, dict(extra or {}))
-                from walswitch.proc import child_start, run_child
+                from utils.proc import child_start, run_child
                 child_start(ctx, title)
                 code = run_child(target, ctx)
             except SystemExit as e:
@@ -375,13 +375,13 @@ class Postmaster:
         self.fork_child("startup", startup_main, "startup")
 
     def start_backend(self) -> None:
-        from primary.backend import main as backend_main
+        from backend.backend import main as backend_main
         self.fork_child("backend", backend_main, "backend",
                         {"listen_sock": self.listen_sock, "handoff_sock": self.handoff_child,
                          "shutdown_checkpoint": self.state == PMState.RUN})
 
     def start_archiver(self) -> None:
-        from primary.archiver import main as archiver_main
+        from archiver.archiver import main as archiver_main
         self.fork_child("archiver", archiver_main, "archiver")
 
     def start_walreceiver(self) -> None:
@@ -560,7 +560,7 @@ class Postmaster:
                     params = {}
                 conn = socket.socket(fileno=fd)
                 if self.state in (PMState.RUN, PMState.HOT_STANDBY, PMState.RECOVERY) and self.shutdown_mode is None:
-                    from primary.walsender import main as walsender_main
+                    from walsender.walsender import main as walsender_main
                     try:
                         peer = conn.getpeername()
                     except OSError:

@@ -3,7 +3,7 @@
 startup/standby.py consults the policy at the points where the approaches
 differ; everything else (states, reading, replay) is shared.  The first line
 of each hook's docstring is what the README's generated table shows
-(``python -m startup.diagram``).
+(``python -m walswitch.diagram``).
 
 * ``stop_walreceiver`` (PostgreSQL 9.0 and later): one fetcher at a time; the
   startup stops the walreceiver before it retries the archive and starts it
@@ -17,17 +17,22 @@ of each hook's docstring is what the README's generated table shows
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from startup.standby import Standby
+
+class PolicyHost(Protocol):
+    """What a policy may ask of the startup's state machine (startup/standby.py's Standby)."""
+
+    def walrcv_running(self) -> bool: ...
+    def request_walreceiver(self, pos: int) -> None: ...
+    def stop_walreceiver(self, reason: str) -> None: ...
 
 
 class Policy:
     name = "base"
     startup_restores = True
 
-    def __init__(self, sb: "Standby"):
+    def __init__(self, sb: PolicyHost):
         self.sb = sb
 
     def before_restore(self) -> None:
@@ -95,5 +100,5 @@ class WalreceiverRestores(Policy):
 POLICIES = {p.name: p for p in (StopWalreceiver, Concurrent, WalreceiverRestores)}
 
 
-def make_policy(name: str, sb: "Standby") -> Policy:
+def make_policy(name: str, sb: PolicyHost) -> Policy:
     return POLICIES[name](sb)

@@ -2,7 +2,7 @@
 
 A transaction's KV records are buffered by xid and applied at its commit
 record, together with the commit's end LSN, in one SQLite transaction (see
-primary/kvstore.py); an abort drops the buffer.  A commit whose end LSN is
+storage/kvstore.py); an abort drops the buffer.  A commit whose end LSN is
 not beyond the store's ``applied_lsn`` was applied before a crash and is
 skipped, so replay from any redo point never applies a transaction twice and
 never skips one.  Commits are batched (``apply_many``) for speed; ``flush``
@@ -30,7 +30,7 @@ _COMMIT = C.XLOG_XACT_COMMIT
 
 @dataclass
 class Redo:
-    store: object                    # primary.kvstore.KVStore
+    store: object                    # storage.kvstore.KVStore
     tli: int
     applied_lsn: int = 0
     pending: list = field(default_factory=list)       # [(changes, end_lsn)]

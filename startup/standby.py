@@ -55,20 +55,27 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from shmem.segment import SharedState
+from shmem.states import RecoveryState, WalRcvState, WalSource
+from startup.policy import make_policy
 from startup.redo import Redo
-from startup.restore import RestoreFatal, restore_file
-from startup.states import RESCAN_EVERY, RecoveryState, WalRcvState, WalSource
-from walswitch import elog
-from walswitch.proc import ChildContext, set_title
+from storage.kvstore import KVStore
+from utils import config as cfgmod
+from utils import elog
+from utils.inject import inject
+from utils.proc import ChildContext, set_title
 from xlog import archive_status
 from xlog import constants as C
+from xlog.archive import RestoreFatal, restore_file
 from xlog.control import ControlFile, DBState, write_control
-from xlog.history import TimelineHistoryEntry, read_history, write_history_file
-from xlog.lsn import (format_lsn, history_file_name, is_segment_name, parse_segment_name, segment_name,
-                      segment_start, segno_of)
-from xlog.reader import WalReader
 from xlog.durable import fsync_dir
+from xlog.history import RESCAN_EVERY, TimelineHistoryEntry, read_history, write_history_file
+from xlog.lsn import (
+    format_lsn, history_file_name, is_segment_name, parse_segment_name, segment_name, segment_start, segno_of
+)
+from xlog.reader import WalReader
 from xlog.record import CheckPoint, EndOfRecovery, timestamptz_now
+from xlog.writer import WalWriter, copy_segment_prefix
 
 log = elog.logger()
 
@@ -102,6 +109,16 @@ def set_state(ctx: ChildContext, new: RecoveryState, reason: str, source: WalSou
     if source is not None and source != old_source:
         ctx.events.emit("wal_source", **{"from": old_source.name.lower(), "to": source.name.lower(),
                                          "reason": reason})
+
+
+def publish_end_of_wal(shared: SharedState, cf: ControlFile, insert_lsn: int, last_record_lsn: int,
+                       in_recovery: bool) -> None:
+    with shared.xlog.locked() as x:
+        x.set(system_identifier=cf.system_identifier, wal_segsize=cf.wal_segsize, timeline=cf.timeline,
+              insert_lsn=insert_lsn, write_lsn=insert_lsn, flush_lsn=insert_lsn,
+              last_record_lsn=last_record_lsn, redo_lsn=cf.redo_lsn, checkpoint_lsn=cf.checkpoint_lsn,
+              in_recovery=1 if in_recovery else 0, accepting_writes=0 if in_recovery else 1,
+              last_switch_mono_us=int(time.monotonic() * 1e6))
 
 
 class Promote(Exception):
@@ -144,7 +161,6 @@ class Standby:
     wait_event_segno: int = -1                      # segment of the last wal_wait event (walreceiver_restores)
 
     def __post_init__(self) -> None:
-        from startup.policy import make_policy
         self.datadir = self.ctx.datadir
         self.pg_wal = os.path.join(self.datadir, "pg_wal")
         self.segsize = self.cf.wal_segsize
@@ -187,7 +203,6 @@ class Standby:
             os._exit(1)
         if self.flags.reload:
             self.flags.reload = False
-            from walswitch import config as cfgmod
             try:
                 self.cfg = cfgmod.load(self.datadir, [(k, str(v)) for k, v in self.cfg.values.items()
                                                       if self.cfg.sources.get(k) == "command line"])
@@ -370,7 +385,6 @@ class Standby:
         again = self.restored_for.get(fname)
         if again is not None and again[0] == self.fetch_pos and time.monotonic() - again[1] < interval:
             return False  # restored before for this very position and it did not help
-        from walswitch.inject import inject
         inject("before_restore", self.ctx, file=fname)
         set_title(f"startup waiting for {fname}")
 
@@ -712,7 +726,6 @@ class Standby:
         for name in os.listdir(self.pg_wal):
             if name.startswith("RECOVERYXLOG."):
                 os.unlink(os.path.join(self.pg_wal, name))   # a restore cut short by a crash
-        from primary.kvstore import KVStore
         self.store = KVStore(os.path.join(self.datadir, "base", "kv.sqlite"))
         self.store.checkpoint_in_background()
         self.redo = Redo(self.store, self.cf.timeline)
@@ -919,7 +932,6 @@ class Standby:
         write_history_file(self.pg_wal, new_tli, entries)
         hist = history_file_name(new_tli)
         archive_status.mark_ready(self.pg_wal, hist)
-        from xlog.writer import WalWriter, copy_segment_prefix
         end_segno = segno_of(end_lsn, self.segsize)
         old_name = segment_name(old_tli, end_segno, self.segsize)
         if end_lsn % self.segsize and os.path.exists(os.path.join(self.pg_wal, old_name)):
@@ -960,7 +972,6 @@ class Standby:
                 os.unlink(trig if os.path.isabs(trig) else os.path.join(self.datadir, trig))
             except FileNotFoundError:
                 pass
-        from startup.startup import publish_end_of_wal
         publish_end_of_wal(self.ctx.shared, cf, insert_lsn, ck_start, in_recovery=False)
         self.ctx.shared.recovery.update(timeline=new_tli, promote_requested=0)
         log.info("archive recovery complete")

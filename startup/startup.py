@@ -21,15 +21,16 @@ import os
 import time
 
 from shmem.segment import SharedState
+from shmem.states import RecoveryState
 from startup.redo import Redo
-from startup.standby import set_state
-from startup.states import RecoveryState
-from walswitch import elog
-from walswitch.proc import ChildContext, set_title
+from startup.standby import publish_end_of_wal, run_standby, set_state
+from storage.kvstore import KVStore
+from utils import elog
+from utils.proc import ChildContext, set_title
 from xlog import archive_status
 from xlog import constants as C
 from xlog.control import ControlFile, ControlFileError, DBState, read_control, write_control
-from xlog.lsn import format_lsn, segment_name, segno_of, segment_start, parse_segment_name, is_segment_name
+from xlog.lsn import format_lsn, is_segment_name, parse_segment_name, segment_name, segment_start, segno_of
 from xlog.reader import WalReader
 from xlog.record import CheckPoint
 from xlog.writer import WalWriter
@@ -50,22 +51,11 @@ def main(ctx: ChildContext) -> int:
         return 1
     try:
         if os.path.exists(os.path.join(ctx.datadir, "standby.signal")):
-            from startup.standby import run_standby
             return run_standby(ctx, cf)
         return crash_recovery(ctx, cf)
     except RecoveryError as e:
         log.critical("%s", e)
         return 1
-
-
-def publish_end_of_wal(shared: SharedState, cf: ControlFile, insert_lsn: int, last_record_lsn: int,
-                       in_recovery: bool) -> None:
-    with shared.xlog.locked() as x:
-        x.set(system_identifier=cf.system_identifier, wal_segsize=cf.wal_segsize, timeline=cf.timeline,
-              insert_lsn=insert_lsn, write_lsn=insert_lsn, flush_lsn=insert_lsn,
-              last_record_lsn=last_record_lsn, redo_lsn=cf.redo_lsn, checkpoint_lsn=cf.checkpoint_lsn,
-              in_recovery=1 if in_recovery else 0, accepting_writes=0 if in_recovery else 1,
-              last_switch_mono_us=int(time.monotonic() * 1e6))
 
 
 def read_checkpoint(pg_wal: str, cf: ControlFile):
@@ -116,7 +106,6 @@ def crash_recovery(ctx: ChildContext, cf: ControlFile) -> int:
 
 
 def replay_to_end(ctx: ChildContext, cf: ControlFile, redo_lsn: int) -> tuple[int, int, int]:
-    from primary.kvstore import KVStore
     pg_wal = os.path.join(ctx.datadir, "pg_wal")
     store = KVStore(os.path.join(ctx.datadir, "base", "kv.sqlite"))
     redo = Redo(store, cf.timeline)

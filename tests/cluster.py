@@ -208,7 +208,7 @@ class Node:
         return collect(self.datadir)
 
     def events(self, kind: str | None = None) -> list[dict]:
-        from walswitch.events import read_events
+        from utils.events import read_events
         evs = read_events(self.datadir)
         return [e for e in evs if kind is None or e.get("kind") == kind]
 
@@ -222,7 +222,7 @@ class Node:
         wait_for(lambda: needle in self.log_text(), timeout, f"log line {needle!r} in {self.name}")
 
     def dump(self) -> tuple[dict[str, str], str]:
-        from primary.kvstore import dump
+        from storage.kvstore import dump
         from xlog.lsn import format_lsn
         rows, lsn = dump(self.datadir)
         return dict(rows), format_lsn(lsn)

@@ -37,7 +37,7 @@ def check_data_equal(primary: Node, standby: Node, timeout: float = 60.0) -> Non
     extra = sorted(set(stby) - set(prim))[:5]
     differ = sorted(k for k in set(prim) & set(stby) if prim[k] != stby[k])[:5]
     if missing or extra or differ:
-        from primary.kvstore import dump
+        from storage.kvstore import dump
         st = standby.status()
         applied = dump(standby.datadir)[1]
         raise AssertionError(
@@ -79,7 +79,7 @@ class ReplayWatch:
         self.high = 0
 
     def sample(self) -> int:
-        from primary.kvstore import dump
+        from storage.kvstore import dump
         try:
             _rows, lsn = dump(self.standby.datadir)
         except Exception:  # noqa: BLE001 - the store may be mid-write; the next sample sees it

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from primary.archiver import expand_command, ready_files
+from archiver.archiver import expand_command, ready_files
 from tests.cluster import wait_for
 from tests.test_walsender_harness import SEGSIZE, harness_factory  # noqa: F401
 from xlog.lsn import segment_name
@@ -181,7 +181,7 @@ def test_orphan_ready_file_removed_and_no_command(harness_factory, tmp_path):
     os.kill(pid, signal.SIGTERM)
     assert h.wait_exit(pid) == 0
     h.write_conf(archive_mode="on", archive_command=f"cp %p {archive}/%f", max_wal_senders=3)
-    from walswitch import config as cfgmod
+    from utils import config as cfgmod
     h.config = cfgmod.load(h.datadir)
     pid = h.start_archiver()
     wait_for(lambda: not ready_files(h.status_dir), 10, "archived")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from primary.archiver import ready_files
+from archiver.archiver import ready_files
 from tests.cluster import wait_for
 from xlog.lsn import is_segment_name
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from primary.kvstore import KVStore, dump
+from storage.kvstore import KVStore, dump
 from startup.redo import Redo
 from tests.test_backend_harness import PGBIN, BackendHarness
 from xlog import constants as C
@@ -549,7 +549,7 @@ def test_replication_connection_handed_off(backend):
         got["params"] = json.loads(msg.decode().splitlines()[0])
         conn = socket.socket(fileno=fds[0])
         # play walsender: answer the client ourselves
-        from primary import protocol as P
+        from libpq import protocol as P
         conn.sendall(P.startup_greeting(P.default_server_params(), 1, 1))
         got["conn"] = conn
 

@@ -1,10 +1,10 @@
-"""A backend process without a postmaster, for tests of primary/backend.py.
+"""A backend process without a postmaster, for tests of backend/backend.py.
 
 ``BackendHarness`` makes what the postmaster and the startup process would
 have made: a data directory (control file, WAL with a shutdown checkpoint,
 the key/value store), shared memory with the end of WAL published, the
 listening socket, the hand-off socket pair and the death pipe; then forks
-``primary.backend.main`` with a ChildContext.  ``stop()`` kills whatever is
+``backend.backend.main`` with a ChildContext.  ``stop()`` kills whatever is
 left and removes the shared memory, so no process or /dev/shm entry
 survives a test.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import psycopg2
 
 from shmem.segment import SharedState
-from walswitch import config as cfgmod
-from walswitch.elog import PgFormatter
-from walswitch.events import EventLog
-from walswitch.proc import ChildContext
+from utils import config as cfgmod
+from utils.elog import PgFormatter
+from utils.events import EventLog
+from utils.proc import ChildContext
 from xlog import constants as C
 from xlog.control import ControlFile, DBState, read_control, write_control
 from xlog.lsn import segment_start
@@ -48,7 +48,7 @@ def make_datadir(datadir: str, segsize: int = 1 << 20, conf: dict | None = None)
     ckpt_lsn, _ = w.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, cp.pack())
     w.flush()
     w.close()
-    from primary.kvstore import KVStore
+    from storage.kvstore import KVStore
     KVStore(datadir).close()
     cf = ControlFile(system_identifier=sysid, state=DBState.SHUTDOWNED, checkpoint_lsn=ckpt_lsn, redo_lsn=redo,
                      timeline=1, prev_timeline=1, wal_segsize=segsize, next_xid=3, time=time.time())
@@ -121,9 +121,9 @@ class BackendHarness:
                 # Our own title prefix: a leak check of another test session on this machine
                 # kills stray "walswitch: " processes, and this one has no postmaster.
                 import setproctitle
-                import walswitch.proc
-                walswitch.proc.set_title = lambda t: setproctitle.setproctitle(f"{TITLE_PREFIX}{t}")
-                from primary.backend import main
+                import utils.proc
+                utils.proc.set_title = lambda t: setproctitle.setproctitle(f"{TITLE_PREFIX}{t}")
+                from backend.backend import main
                 code = main(ctx)
             except BaseException:  # noqa: BLE001
                 import traceback

@@ -25,7 +25,7 @@ import pytest
 from tests.cluster import WaitTimeout, wait_for
 from tests.invariants import check_data_equal, wait_streaming
 from tests.standby_helpers import current_lsn, make_primary, write_rows
-from walswitch.inject import arm, release
+from utils.inject import arm, release
 from xlog.lsn import parse_lsn, segment_name, segno_of
 
 SEG = 1024 * 1024

@@ -1,7 +1,7 @@
 """Issue 4, item 5: a process killed at each injection point, for each approach.
 
 One standby per approach lives through the whole sequence: each point is armed
-with ``kill`` in turn (``walswitch.inject.arm``), the activity that reaches it
+with ``kill`` in turn (``utils.inject.arm``), the activity that reaches it
 is driven (archive recovery for the restore points, writes on the primary for
 the walreceiver's), the killed process starts the crash-restart cycle, and
 after each the standby must catch up with the invariants holding.
@@ -15,7 +15,7 @@ import pytest
 from tests.cluster import wait_for
 from tests.invariants import ReplayWatch, check_data_equal, check_segments_identical, wait_streaming
 from tests.standby_helpers import COORDINATIONS, make_primary, wait_archived, write_rows
-from walswitch.inject import arm
+from utils.inject import arm
 
 RESTORE_POINTS = ["before_restore", "before_install", "after_restore", "walreceiver_start"]
 STREAM_POINTS = ["before_write", "after_write", "before_flush", "after_flush"]

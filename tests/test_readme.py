@@ -10,7 +10,7 @@ START, END = "<!-- diagram:start -->", "<!-- diagram:end -->"
 
 
 def embed() -> str:
-    from startup.diagram import render
+    from walswitch.diagram import render
     text = (ROOT / "README.md").read_text()
     head, rest = text.split(START, 1)
     _old, tail = rest.split(END, 1)

@@ -15,7 +15,7 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from primary.kvstore import KVStore
+from storage.kvstore import KVStore
 from startup.redo import Redo
 from tests.cluster import wait_for
 from xlog import constants as C

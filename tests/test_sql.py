@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from primary import protocol as P
-from primary import sql
-from primary.kvstore import KVStore, dump, kv_path
-from primary.protocol import SQLError
-from primary.sql import CommitWait, Engine, Session, Until
-from walswitch.config import Config, SETTINGS
+from libpq import protocol as P
+from backend import sql
+from storage.kvstore import KVStore, dump, kv_path
+from libpq.protocol import SQLError
+from backend.sql import CommitWait, Engine, Session, Until
+from utils.config import Config, SETTINGS
 
 
 # ---------------------------------------------------------------- helpers

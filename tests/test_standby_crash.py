@@ -18,7 +18,7 @@ import pytest
 from tests.cluster import shm_objects, wait_for
 from tests.invariants import ReplayWatch, check_data_equal, check_segments_identical, wait_streaming
 from tests.standby_helpers import COORDINATIONS, make_primary, wait_archived, write_rows
-from walswitch.inject import release
+from utils.inject import release
 
 
 @pytest.mark.timeout(240)

@@ -22,12 +22,12 @@ import pytest
 
 from shmem import names
 from shmem.segment import SharedState
-from startup.states import WalRcvState
+from shmem.states import WalRcvState
 from tests.cluster import free_port, wait_for
-from walswitch import config as cfgmod
-from walswitch import elog
-from walswitch.events import EventLog, read_events
-from walswitch.proc import ChildContext, child_start
+from utils import config as cfgmod
+from utils import elog
+from utils.events import EventLog, read_events
+from utils.proc import ChildContext, child_start
 from xlog.control import read_control, write_control
 from xlog.lsn import format_lsn, parse_lsn, segment_name, segno_of
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from startup.states import WalRcvState, WalSource
+from shmem.states import WalRcvState, WalSource
 from tests.cluster import free_port, wait_for
 from tests.test_walreceiver import (SEGSIZE, fatal_lines, first_segment_start, receiver_env,  # noqa: F401
                                     walsender_slots, write_rows)
-from walswitch.inject import arm, release
+from utils.inject import arm, release
 from xlog.control import read_control, write_control
 from xlog.lsn import format_lsn, segment_name, segment_start
 

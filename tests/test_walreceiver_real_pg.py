@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from startup.states import WalRcvState
+from shmem.states import WalRcvState
 from tests.cluster import wait_for
 from tests.test_walreceiver import SEGSIZE, ReceiverEnv, fatal_lines, receiver_env  # noqa: F401 (fixture)
 from xlog.control import ControlFile, DBState, write_control

@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 
-from primary import protocol as P
+from libpq import protocol as P
 from tests.cluster import pg_tool, share_with_postgres, wait_for
 from tests.test_walsender_harness import (SEGSIZE, SYSID, RawClient, columns, error_fields,  # noqa: F401
                                           harness_factory, rows)
@@ -482,7 +482,7 @@ def test_pg_receivewal_follows_timeline_switch(harness_factory, tmp_path):
 
 @pytest.mark.timeout(30)
 def test_shutdown_with_stalled_client_is_bounded(harness_factory, monkeypatch):
-    import primary.walsender as ws
+    import walsender.walsender as ws
     monkeypatch.setattr(ws, "SHUTDOWN_CONFIRM_WAIT", 1.0)     # inherited by the forked walsender
     h = harness_factory()
     h.start_wal()

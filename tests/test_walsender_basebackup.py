@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from primary import protocol as P
-from primary.kvstore import KVStore
+from libpq import protocol as P
+from storage.kvstore import KVStore
 from tests.cluster import wait_for
 from tests.test_walsender_harness import SEGSIZE, SYSID, RawClient, error_fields, harness_factory, rows  # noqa: F401
 from xlog.control import ControlFile, DBState, read_control, write_control
@@ -96,7 +96,7 @@ def test_base_backup_wire_format_and_standby_refusal(harness_factory):
                                          checkpoint_lsn=lsn, redo_lsn=lsn, timeline=1, prev_timeline=1,
                                          wal_segsize=SEGSIZE))
     KVStore(h.datadir).close()
-    import primary.basebackup_server as bbs
+    import walsender.basebackup as bbs
     bbs.CHECKPOINT_WAIT = 0.2        # no backend here: fall back to the last checkpoint (inherited by fork)
     port = h.listen_for_walsenders()
     c = RawClient(port)

@@ -4,9 +4,9 @@
 (``SharedState.create``), writes real PostgreSQL 15 WAL with ``WalWriter``,
 publishes the flush position in ``shared.xlog`` as the backend does (and sets
 the walsender latches after each flush), listens on 127.0.0.1, and forks
-``primary.walsender.main`` for each connection it accepts (after reading the
+``walsender.walsender.main`` for each connection it accepts (after reading the
 startup packet, as the backend does before the hand-over), or
-``primary.archiver.main``.  Teardown closes the death pipe, reaps (and if
+``archiver.archiver.main``.  Teardown closes the death pipe, reaps (and if
 needed kills) every child, destroys shared memory, and checks /dev/shm.
 
 The few tests at the bottom check the harness itself.
@@ -27,14 +27,14 @@ from typing import Any, Callable
 
 import pytest
 
-from primary import protocol as P
+from libpq import protocol as P
 from shmem import names
 from shmem.segment import SharedState
 from tests.cluster import wait_for
-from walswitch import config as cfgmod
-from walswitch import elog
-from walswitch.events import EventLog, read_events
-from walswitch.proc import ChildContext
+from utils import config as cfgmod
+from utils import elog
+from utils.events import EventLog, read_events
+from utils.proc import ChildContext
 from xlog import constants as C
 from xlog.lsn import segment_name
 from xlog.writer import WalWriter
@@ -177,7 +177,7 @@ class PrimaryHarness:
         return pid
 
     def start_archiver(self) -> int:
-        from primary.archiver import main
+        from archiver.archiver import main
         return self.fork("archiver", main)
 
     def listen_for_walsenders(self) -> int:
@@ -194,7 +194,7 @@ class PrimaryHarness:
     def _accept_loop(self) -> None:
         # Children are forked from this thread: it must outlive them (PR_SET_PDEATHSIG
         # fires when the forking *thread* ends), so it runs until teardown.
-        from primary.walsender import main
+        from walsender.walsender import main
         assert self.listen is not None
         while not self._stop.is_set():
             try:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from shmem.segment import SharedState
-from startup.states import WalSource
+from shmem.states import WalSource
 from tests.cluster import free_port, wait_for
 from tests.invariants import ReplayWatch, check_data_equal, check_segments_identical, wait_streaming
 from tests.standby_helpers import archived, make_primary, wait_archived, write_rows

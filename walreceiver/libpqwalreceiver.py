@@ -25,7 +25,7 @@ and ``postgresql://`` URIs), TCP or Unix-socket connection with a deadline,
 trust / cleartext / MD5 / SCRAM-SHA-256 authentication, simple queries, and
 CopyBoth streaming on a non-blocking socket with zero-copy access to each
 XLogData payload.  Framing helpers of the server side live in
-primary/protocol.py; this is the client side.  No SSL/GSS encryption
+libpq/protocol.py; this is the client side.  No SSL/GSS encryption
 (``sslmode=disable`` semantics; ``sslmode=require`` and stricter are refused).
 
 Error texts are libpq's (``PQerrorMessage`` after ``pchomp``), because the

@@ -51,7 +51,7 @@ What a lost or impossible stream leads to depends on ``standby_wal_coordination`
   failed is tried again no sooner than ``wal_retrieve_retry_interval`` after
   its failure; after a round that restored something the stream is tried at
   once.  Each restored
-  segment is renamed into pg_wal by ``startup.restore.restore_file``, marked
+  segment is renamed into pg_wal by ``xlog.archive.restore_file``, marked
   ``.done`` (``.ready`` under ``archive_mode = always``), reported as a
   ``restore`` event with ``by = "walreceiver"``, and published as flushed
   (``flushed_lsn`` = its end, ``written_lsn``, ``received_tli``), with the
@@ -71,7 +71,7 @@ What a lost or impossible stream leads to depends on ``standby_wal_coordination`
   is FATAL here (exit 1), with ``restore_fatal`` set in shared memory for the
   startup, which in PostgreSQL would be the process dying of it.
 
-``fetch_source`` (shared memory, ``startup.states.WalSource`` numbers) says
+``fetch_source`` (shared memory, ``shmem.states.WalSource`` numbers) says
 where the walreceiver is getting WAL right now: STREAM from START_REPLICATION
 until the stream ends, ARCHIVE while it runs restore_command, NONE while it
 connects or waits.  Under ``walreceiver_restores`` the startup mirrors it in
@@ -131,7 +131,7 @@ and after all of it the stream counts as lost ("terminating walreceiver due
 to timeout").  ``wal_receiver_timeout`` also bounds connecting and each
 command round trip (PostgreSQL waits there without a bound).
 
-Injection points (``walswitch.inject``): ``walreceiver_start`` (before the
+Injection points (``utils.inject``): ``walreceiver_start`` (before the
 first connection), ``walreceiver_stop`` (on the way out), ``before_write`` /
 ``after_write`` (around each XLogData write), ``before_flush`` (written, not
 fsynced), ``after_flush`` (fsynced, not yet published), and under
@@ -150,18 +150,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from startup.restore import RestoreFatal, RestoreResult, describe_status, restore_file
-from startup.states import RESCAN_EVERY, WalRcvState, WalSource
-from walswitch import elog
-from walswitch.inject import InjectedError, inject
-from walswitch.proc import ChildContext, set_title
-from walreceiver.libpqwalreceiver import (ConnectionLost, ProtocolViolation, ServerError, TimeoutExpired,
-                                          WalRcvConn, WalRcvError, masked_conninfo)
+from shmem.states import WalRcvState, WalSource
+from shmem.sync import WaitSet
+from utils import config as cfgmod
+from utils import elog
+from utils.inject import InjectedError, inject
+from utils.proc import ChildContext, set_title
+from walreceiver.libpqwalreceiver import (
+    ConnectionLost, ProtocolViolation, ServerError, TimeoutExpired, WalRcvConn, WalRcvError, masked_conninfo
+)
 from xlog import archive_status
-from xlog.history import HistoryError, read_history
+from xlog.archive import RestoreFatal, RestoreResult, describe_status, restore_file
+from xlog.control import ControlFileError, read_control
+from xlog.durable import fsync_dir, write_durably
+from xlog.history import RESCAN_EVERY, HistoryError, read_history
 from xlog.lsn import format_lsn, history_file_name, segment_name, segment_start, segno_of
-from xlog.durable import write_durably
-from xlog.durable import fsync_dir
 from xlog.writer import init_segment_file
 
 log = elog.logger()
@@ -364,7 +367,6 @@ class WalReceiver:
         self.prefetch = int(self.cfg["walreceiver_restore_prefetch"])
 
     def reload(self) -> None:
-        from walswitch import config as cfgmod
         overrides = [(k, str(v)) for k, v in self.cfg.values.items() if self.cfg.sources.get(k) == "command line"]
         try:
             cfg = cfgmod.load(self.ctx.datadir, overrides)
@@ -443,7 +445,7 @@ class WalReceiver:
         self.armed = self.inject_env or os.path.exists(self.inject_arm_path)
 
     def hook(self, point: str, refresh: bool = False, **info: object) -> None:
-        """A named injection point (walswitch.inject); an attribute test when nothing is armed."""
+        """A named injection point (utils.inject); an attribute test when nothing is armed."""
         if refresh:
             self.refresh_inject()
         if self.armed:
@@ -567,7 +569,6 @@ class WalReceiver:
 
     # ------------------------------------------------------------ the main sequence
     def work(self) -> None:
-        from xlog.control import ControlFileError, read_control
         try:
             cf = read_control(self.ctx.datadir)
         except ControlFileError as e:
@@ -745,7 +746,6 @@ class WalReceiver:
 
     def pause_until(self, deadline: float) -> None:
         """Sleep until deadline (math.inf: no bound); SIGTERM, death and a restart request cut it short."""
-        from shmem.sync import WaitSet
         ws = WaitSet(self.latch, [self.ctx.death_fd, self.sig_r])
         try:
             while True:
@@ -930,7 +930,6 @@ class WalReceiver:
                        receive_start=0, receive_start_tli=0, fetch_source=int(WalSource.NONE))
         set_title("walreceiver idle")
         self.startup_latch.set()
-        from shmem.sync import WaitSet
         ws = WaitSet(self.latch, [self.ctx.death_fd, self.sig_r])
         self.awaiting_restart = True
         try:
@@ -957,7 +956,6 @@ class WalReceiver:
     # ------------------------------------------------------------ streaming
     def stream(self) -> None:
         """The receive loop, until the primary ends the copy (returns) or something fails (raises)."""
-        from shmem.sync import WaitSet
         conn = self.conn
         assert conn is not None
         ws = WaitSet(self.latch, [conn.fd, self.ctx.death_fd, self.sig_r])
@@ -1246,7 +1244,6 @@ class WalReceiver:
     # ------------------------------------------------------------ the archive (walreceiver_restores)
     def last_restartpoint_file(self) -> str:
         """%r: the segment of the last restartpoint's redo position."""
-        from xlog.control import ControlFileError, read_control
         try:
             cf = read_control(self.ctx.datadir)
             return segment_name(cf.timeline, segno_of(cf.redo_lsn, self.segsize), self.segsize)
@@ -1262,7 +1259,6 @@ class WalReceiver:
         prefix only, in order.  A missing segment ends the round (restores of
         the segments after it are cancelled).
         """
-        from shmem.sync import WaitSet
         command = self.cfg["restore_command"]
         self.set_state(S.STARTING, "restoring from archive", fetch_source=int(WalSource.ARCHIVE))
         lrp = self.last_restartpoint_file()
@@ -1476,7 +1472,7 @@ class WalReceiver:
         """recovery_target_timeline = latest: the next timeline's history file from the archive.
 
         At once when this walreceiver first needs the archive, then every
-        RESCAN_EVERY retry intervals (startup/states.py), as the startup does
+        RESCAN_EVERY retry intervals (shmem/states.py), as the startup does
         under the other approaches, not at every round as PostgreSQL: most of
         those calls ask for a file that is not there.
         """

@@ -1,7 +1,7 @@
 """``walswitch basebackup -d CONNINFO -D DIR [-R]``: a standby's data directory from a running primary.
 
 Client side of our ``BASE_BACKUP`` replication command (its format is in
-primary/walsender.py's header): a result set with the start point, a tar
+walsender/walsender.py's header): a result set with the start point, a tar
 stream of the data directory (control file, configuration, a consistent
 SQLite snapshot, the WAL from the start point's segment to the end point's,
 and ``backup_label``), and a result set with the end point.

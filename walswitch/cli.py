@@ -48,7 +48,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- start
 def cmd_start(args: argparse.Namespace) -> int:
-    from walswitch import config as cfgmod
+    from utils import config as cfgmod
     datadir = check_datadir(args.datadir, "start")
     try:
         overrides = [cfgmod.parse_override(c) for c in args.c or []]
@@ -81,7 +81,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 def run_postmaster(datadir: str, cfg, detached: bool) -> int:
     from postmaster.pidfile import LockFileError
     from postmaster.postmaster import Postmaster, StartupFailure
-    from walswitch import elog
+    from utils import elog
     elog.setup(datadir, cfg["log_min_messages"], to_stderr=not detached)
     pm = Postmaster(datadir, cfg, detached=detached)
     try:
@@ -237,7 +237,7 @@ def cmd_waldump(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from primary.kvstore import dump
+    from storage.kvstore import dump
     from xlog.lsn import format_lsn
     datadir = check_datadir(args.datadir, "dump")
     rows, lsn = dump(datadir)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import psutil
 import psycopg2
 
-from walswitch.events import read_events
+from utils.events import read_events
 from walswitch.linkproxy import LinkProxy
 from walswitch.status import COORDINATION, collect
 from xlog.lsn import format_lsn, parse_lsn

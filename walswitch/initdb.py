@@ -68,7 +68,7 @@ def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> i
     writer.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, ckpt.pack())
     writer.flush()
     writer.close()
-    from primary.kvstore import KVStore
+    from storage.kvstore import KVStore
     store = KVStore(os.path.join(datadir, "base", "kv.sqlite"))
     store.close()
     cf = ControlFile(system_identifier=sysid, state=DBState.SHUTDOWNED, checkpoint_lsn=ckpt_lsn,

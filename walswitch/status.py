@@ -45,7 +45,7 @@ def collect(datadir: str) -> dict[str, Any]:
     out["timeline"] = (r["replay_tli"] or r["timeline"]) if in_recovery else x["timeline"]
     out["flush_lsn"] = _lsn(x["flush_lsn"]) if not in_recovery else None
     if in_recovery:
-        from startup.states import RecoveryState, walrcv_state_name
+        from shmem.states import RecoveryState, walrcv_state_name
         try:
             out["recovery_state"] = RecoveryState(r["state"]).name.lower()
         except ValueError:

@@ -24,18 +24,35 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from walswitch import elog
+from utils import elog
 from xlog import archive_status
 from xlog.control import DBState, read_control, write_control
 from xlog.lsn import format_lsn, is_segment_name, parse_segment_name, segno_of
 from xlog.record import CheckPoint, checkpoint_record
 
-if TYPE_CHECKING:
-    from primary.backend import Backend
-
 log = elog.logger()
+
+
+class CheckpointHost(Protocol):
+    """What a checkpoint needs of the WAL inserter that runs it (backend/backend.py's Backend)."""
+    ctx: Any
+    config: Any
+    shared: Any
+    datadir: str
+    pg_wal: str
+    writer: Any
+    store: Any
+    ckpt_stats: "CheckpointStats"
+    next_full_xid: int
+    important_since_ckpt: bool
+
+    def segsize(self) -> int: ...
+    def apply_pending(self) -> None: ...
+    def open_transaction_lsns(self) -> list[int]: ...
+    def oldest_open_xid(self) -> int: ...
+    def publish(self) -> None: ...
 
 
 @dataclass
@@ -88,7 +105,7 @@ def removable_segments(pg_wal: str, segsize: int, redo_lsn: int, current_lsn: in
     return out, cutoff
 
 
-def remove_segments(b: "Backend", names: list[str]) -> int:
+def remove_segments(b: CheckpointHost, names: list[str]) -> int:
     """Unlink segments (and their archive status); publish oldest_kept_segno first."""
     if not names:
         return 0
@@ -109,7 +126,7 @@ def remove_segments(b: "Backend", names: list[str]) -> int:
     return removed
 
 
-def create_checkpoint(b: "Backend", reason: str, shutdown: bool = False, force: bool = True) -> bool:
+def create_checkpoint(b: CheckpointHost, reason: str, shutdown: bool = False, force: bool = True) -> bool:
     """Run one checkpoint; False if skipped (nothing happened since the last one)."""
     w = b.writer
     assert w is not None

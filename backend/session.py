@@ -26,15 +26,21 @@ import random
 import socket
 import time
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from primary import protocol as P
-from primary.protocol import ProtocolError, SQLError
-from primary.sql import CommitWait, Panic, Session, Until, Wait
-from walswitch import elog
+from backend.sql import CommitWait, Panic, Session, Until, Wait
+from libpq import protocol as P
+from libpq.protocol import ProtocolError, SQLError
+from utils import elog
 
-if TYPE_CHECKING:
-    from primary.backend import Backend
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of the loop that owns it (backend/backend.py's Backend)."""
+    sleepers: list["Connection"]
+
+    def queue_commit(self, conn: "Connection", wait: CommitWait) -> None: ...
+
+    def forget(self, conn: "Connection") -> None: ...
 
 log = elog.logger()
 
@@ -51,7 +57,7 @@ class ConnState(Enum):
 
 
 class Connection:
-    def __init__(self, backend: "Backend", sock: socket.socket, addr: Any):
+    def __init__(self, backend: ConnectionOwner, sock: socket.socket, addr: Any):
         self.backend = backend
         self.sock = sock
         self.fd = sock.fileno()

@@ -1,6 +1,6 @@
 """Server side of our BASE_BACKUP replication command (run inside a walsender).
 
-The wire format is in primary/walsender.py's header; the client is
+The wire format is in walsender/walsender.py's header; the client is
 walswitch/basebackup.py.  Steps, after PostgreSQL's do_pg_backup_start /
 perform_base_backup / do_pg_backup_stop, made simpler by what walswitch
 keeps on disk (a control file, one SQLite store, WAL):
@@ -31,15 +31,27 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from primary import protocol as P
-from walswitch import elog
+from libpq import protocol as P
+from utils import elog
 from xlog.control import CONTROL_FILE_NAME, CONTROL_FILE_SIZE, ControlFile, control_path
 from xlog.lsn import format_lsn, is_history_file_name, segment_name, segno_of
 
-if TYPE_CHECKING:
-    from primary.walsender import WalSender
+
+class BackupSender(Protocol):
+    """What BASE_BACKUP needs of the walsender that runs it (walsender/walsender.py's WalSender)."""
+    ctx: Any
+    shared: Any
+    pg_wal: str
+    out: bytearray
+    shutdown_requested: bool
+
+    def queue(self, data: bytes) -> None: ...
+    def flush_all(self) -> None: ...
+    def segsize(self) -> int: ...
+    def flush_position(self) -> tuple[int, int]: ...
+    def check_postmaster(self) -> None: ...
 
 log = elog.logger()
 
@@ -50,7 +62,7 @@ COPY_CHUNK = 64 * 1024
 class _CopyWriter(io.RawIOBase):
     """A file object whose writes become CopyData messages on the walsender's socket."""
 
-    def __init__(self, ws: "WalSender"):
+    def __init__(self, ws: BackupSender):
         super().__init__()
         self.ws = ws
         self.sent = 0
@@ -68,7 +80,7 @@ class _CopyWriter(io.RawIOBase):
         return len(data)
 
 
-def request_checkpoint(ws: "WalSender") -> bool:
+def request_checkpoint(ws: BackupSender) -> bool:
     """Ask the backend for a checkpoint; True once a newer one is published."""
     shared = ws.shared
     before = shared.xlog.get("checkpoint_lsn")
@@ -99,7 +111,7 @@ def _segment_file(pg_wal: str, segno: int, tli: int, segsize: int) -> tuple[str,
     return None
 
 
-def send(ws: "WalSender", options: dict[str, str | None]) -> None:
+def send(ws: BackupSender, options: dict[str, str | None]) -> None:
     shared = ws.shared
     if shared.xlog.get("in_recovery"):
         raise P.SQLError("55000", "base backups from a standby are not supported by walswitch")

@@ -1,21 +1,14 @@
-"""Named states of the startup process and of the walreceiver, shared by both sides.
+"""The state enums stored in shared memory (shmem/layout.py), read by every process.
 
-``RecoveryState`` is the startup process's WAL-source state machine (the
-transition table and the one function that performs a transition live in
-startup/startup.py); ``WalRcvState`` is PostgreSQL's WalRcvState, stored in
-the walreceiver region of shared memory.
+``RecoveryState`` and ``WalSource`` are the startup process's WAL-source state
+machine (its transition table and the one function that performs a transition
+live in startup/standby.py), stored in the recovery region; ``WalRcvState`` is
+PostgreSQL's WalRcvState (transition table in walreceiver/walreceiver.py),
+stored in the walreceiver region.
 """
 from __future__ import annotations
 
 from enum import IntEnum
-
-# PostgreSQL looks for a newer timeline's history file in the archive at every
-# retry, so about half of its restore_command calls during an outage ask for a
-# file that is not there.  Whoever restores here (the startup, or the walreceiver
-# under walreceiver_restores) looks when the stream reached the end of its
-# timeline, and otherwise every RESCAN_EVERY retry intervals (bench/compare.py).
-RESCAN_EVERY = 10
-
 
 class RecoveryState(IntEnum):
     NOT_STARTED = 0

@@ -31,8 +31,9 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from primary import protocol as P
-from primary.protocol import SQLError
+from libpq import protocol as P
+from libpq.protocol import SQLError
+from utils.config import READ_ONLY, SETTINGS
 from xlog.lsn import format_lsn, parse_lsn, segment_name, segno_of
 
 # ---------------------------------------------------------------------------
@@ -1274,7 +1275,7 @@ class Engine:
 
     config: Any = None
     shared: Any = None
-    store: Any = None                    # primary.kvstore.KVStore
+    store: Any = None                    # storage.kvstore.KVStore
     datadir: str = ""
 
     def in_recovery(self) -> bool:
@@ -1504,7 +1505,6 @@ class Session:
 
     def exec_show(self, st: Show) -> None:
         if st.name == "all":
-            from walswitch.config import READ_ONLY, SETTINGS
             names = sorted(set(SETTINGS) | set(READ_ONLY) | set(self.gucs))
             self.send(P.row_description([("name", TEXT), ("setting", TEXT), ("description", TEXT)]))
             n = 0

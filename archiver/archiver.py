@@ -46,8 +46,9 @@ import subprocess
 import time
 
 from shmem.sync import WaitSet
-from walswitch import elog
-from walswitch.proc import ChildContext, child_start, set_title
+from utils import config as cfgmod
+from utils import elog
+from utils.proc import ChildContext, child_start, set_title
 from xlog.durable import fsync_dir
 from xlog.lsn import is_history_file_name
 
@@ -175,7 +176,6 @@ class Archiver:
     def reload_config(self) -> None:
         """SIGHUP: re-read walswitch.conf, so a fixed archive_command applies to the backlog at once."""
         self.reload_pending = False
-        from walswitch import config as cfgmod
         cfg = self.ctx.config
         overrides = [(k, str(v)) for k, v in cfg.values.items() if cfg.sources.get(k) == "command line"]
         try:

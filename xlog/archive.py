@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from walswitch import elog
+from utils import elog
 
 log = elog.logger()
 

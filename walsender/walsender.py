@@ -48,7 +48,7 @@ WalSndDone does.  Unlike PostgreSQL we give up waiting for that confirmation
 after SHUTDOWN_CONFIRM_WAIT seconds (a stalled link must not hold the
 shutdown for wal_sender_timeout).
 
-BASE_BACKUP (ours, simpler than PostgreSQL's; server side in basebackup_server.py,
+BASE_BACKUP (ours, simpler than PostgreSQL's; server side in walsender/basebackup.py,
 client in walswitch/basebackup.py):
     BASE_BACKUP [ ( LABEL 'x' [, ...] ) ]       (other options are accepted and ignored)
     1. T/D/C: one row (recptr text, tli int8) = the start point: the redo
@@ -85,11 +85,13 @@ import struct
 import time
 from dataclasses import dataclass
 
-from primary import protocol as P
-from primary import replication_commands as RC
+from libpq import protocol as P
 from shmem.sync import WaitSet
-from walswitch import elog
-from walswitch.proc import ChildContext, child_start, set_title
+from utils import config as cfgmod
+from utils import elog
+from utils.proc import ChildContext, child_start, set_title
+from walsender import basebackup
+from walsender import replication_commands as RC
 from xlog.lsn import XLOG_BLCKSZ, format_lsn, history_file_name, segment_name, segno_of
 
 log = elog.logger()
@@ -701,7 +703,6 @@ class WalSender:
     def reload_config(self) -> None:
         """SIGHUP: re-read walswitch.conf (command-line settings keep their values)."""
         self.reload_pending = False
-        from walswitch import config as cfgmod
         cfg = self.ctx.config
         overrides = [(k, str(v)) for k, v in cfg.values.items() if cfg.sources.get(k) == "command line"]
         try:
@@ -932,11 +933,10 @@ class WalSender:
 
     # ------------------------------------------------------------ BASE_BACKUP
     def send_base_backup(self, cmd: RC.BaseBackup) -> None:
-        from primary import basebackup_server
         self.set_state(WalSndState.BACKUP)
         self.update_title("sending backup")
         try:
-            basebackup_server.send(self, cmd.options)
+            basebackup.send(self, cmd.options)
         finally:
             self.set_state(WalSndState.STARTUP)
             self.update_title("idle")

@@ -1,6 +1,6 @@
 """Diagrams of the state machines, generated from their transition tables.
 
-``python -m startup.diagram`` prints Mermaid ``stateDiagram-v2`` blocks for the
+``python -m walswitch.diagram`` prints Mermaid ``stateDiagram-v2`` blocks for the
 startup's recovery states (startup/standby.py ``TRANSITIONS``), the walreceiver's
 states (walreceiver/walreceiver.py) and the postmaster's (postmaster/postmaster.py),
 plus the table of what each coordination approach does at the shared hook
@@ -49,13 +49,13 @@ def render() -> str:
     from postmaster.postmaster import PMState
     from postmaster.postmaster import TRANSITIONS as PM
     from startup.standby import TRANSITIONS as REC
-    from startup.states import RecoveryState
+    from shmem.states import RecoveryState
     parts = [mermaid("Startup process: recovery state (startup/standby.py)",
                      {k: v for k, v in REC.items() if k != RecoveryState.NOT_STARTED},
                      RecoveryState.ARCHIVE_RECOVERY, {RecoveryState.DONE})]
     try:
         from walreceiver.walreceiver import TRANSITIONS as WR
-        from startup.states import WalRcvState
+        from shmem.states import WalRcvState
         parts.append(mermaid("Walreceiver (walreceiver/walreceiver.py)", WR, WalRcvState.STOPPED))
     except ImportError:
         pass

@@ -26,9 +26,9 @@ from typing import Any, Callable
 import setproctitle
 
 from shmem.segment import SharedState
-from walswitch import elog
-from walswitch.config import Config
-from walswitch.events import EventLog
+from utils import elog
+from utils.config import Config
+from utils.events import EventLog
 
 PR_SET_PDEATHSIG = 1
 

@@ -37,13 +37,14 @@ import socket
 import time
 from typing import Any
 
-from primary import checkpoint as ckpt
-from primary import protocol as P
-from primary.kvstore import KVStore, kv_path
-from primary.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
-from primary.sql import CommitWait, Engine, Panic, SQLError, Txn
-from walswitch import elog
-from walswitch.proc import ChildContext, child_start
+from backend import checkpoint as ckpt
+from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
+from backend.sql import CommitWait, Engine, Panic, SQLError, Txn
+from libpq import protocol as P
+from storage.kvstore import KVStore, kv_path
+from utils import config as cfgmod
+from utils import elog
+from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
 from xlog.lsn import advance, format_lsn, is_segment_name, parse_segment_name, segment_name, segno_of
@@ -348,7 +349,6 @@ class Backend(Engine):
 
     def reload_config(self) -> None:
         self.reload_pending = False
-        from walswitch import config as cfgmod
         overrides = [(k, str(v)) for k, v in self.config.values.items()
                      if self.config.sources.get(k) == "command line"]
         try:

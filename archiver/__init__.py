@@ -1,0 +1,1 @@
+"""The archiver process: runs archive_command for each completed segment (.ready -> .done)."""

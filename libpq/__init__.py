@@ -1,0 +1,1 @@
+"""Shared by server and client sides: PostgreSQL frontend/backend protocol v3 messages (the wire codec)."""

@@ -1,0 +1,1 @@
+"""The walsender process (one per replication connection): replication commands, streaming, BASE_BACKUP."""
