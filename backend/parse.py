@@ -80,7 +80,7 @@ _TAGS = {"IndexStmt": "CREATE INDEX", "CreateStmt": "CREATE TABLE", "ViewStmt": 
          "FetchStmt": "FETCH", "ClosePortalStmt": "CLOSE CURSOR", "CreateRoleStmt": "CREATE ROLE",
          "AlterRoleStmt": "ALTER ROLE", "DropRoleStmt": "DROP ROLE", "GrantStmt": "GRANT",
          "GrantRoleStmt": "GRANT ROLE", "CreatedbStmt": "CREATE DATABASE", "DropdbStmt": "DROP DATABASE",
-         "AlterTableStmt": "ALTER TABLE", "CreateSchemaStmt": "CREATE SCHEMA", "CheckpointStmt": "CHECKPOINT",
+         "AlterTableStmt": "ALTER TABLE", "CreateSchemaStmt": "CREATE SCHEMA", "CheckPointStmt": "CHECKPOINT",
          "CreateSeqStmt": "CREATE SEQUENCE", "AlterSystemStmt": "ALTER SYSTEM", "DiscardStmt": "DISCARD",
          "ReindexStmt": "REINDEX", "ClusterStmt": "CLUSTER", "CommentStmt": "COMMENT",
          "RenameStmt": "ALTER", "CreateExtensionStmt": "CREATE EXTENSION", "MergeStmt": "MERGE",
@@ -346,7 +346,8 @@ def _a_expr(v: Node, d: int) -> Expr:
     op = v["name"][-1]["String"]["sval"]
     if kind == "AEXPR_IN":
         left = expr(v["lexpr"], d)
-        items = [expr(x, d) for x in v["rexpr"]]
+        rx = v["rexpr"]
+        items = [expr(x, d) for x in (rx["List"]["items"] if "List" in rx else [rx])]
         neg = op == "<>"
         return InList(left, items, neg)
     if kind != "AEXPR_OP" or op not in _OPS:

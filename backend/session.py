@@ -47,7 +47,7 @@ log = elog.logger()
 MAX_PENDING_OUTPUT = 4 << 20
 AUTHENTICATION_TIMEOUT = 60.0          # PostgreSQL's authentication_timeout default
 RECV_SIZE = 256 * 1024
-EXTENDED_MESSAGES = {b"P", b"B", b"E", b"D", b"C", b"F"}
+EXTENDED_MESSAGES = {b"P", b"B", b"E", b"D", b"C", b"S", b"H"}   # Parse .. Sync, Flush
 
 
 class ConnState(Enum):
@@ -69,7 +69,7 @@ class Connection:
         self.session: Session | None = None
         self.gen = None                       # the running query (a generator)
         self.wait: Wait | None = None
-        self.discard_until_sync = False
+        self.extended = False          # the running generator handles an extended-protocol message
         self.close_after_flush = False
         self.cancel_key = random.getrandbits(31)
         self.born = time.monotonic()
@@ -160,24 +160,21 @@ class Connection:
         if mtype == b"X":
             self.close()
             return
-        if self.discard_until_sync:
-            if mtype == b"S":
-                self.discard_until_sync = False
-                self.out += P.ready_for_query(s.status)
-            return
+        if s.skipping and mtype != b"S":
+            return                                    # after an extended-protocol error: up to Sync
         if mtype == b"Q":
+            self.extended = False
             self.gen = s.run(P.parse_query(body))
             self.resume()
-        elif mtype == b"S":
-            self.out += P.ready_for_query(s.status)
         elif mtype in EXTENDED_MESSAGES:
-            s._fail(SQLError("0A000", "extended query protocol is not supported",
-                             hint="Use the simple query protocol (e.g. pgbench -M simple)."))
-            self.out += s.out
-            s.out.clear()
-            self.discard_until_sync = True
-        elif mtype in (b"H", b"d", b"c", b"f", b"p"):
-            pass   # Flush; stray COPY data; password (we trust everyone)
+            self.extended = True
+            self.gen = s.extended_message(mtype, body)
+            self.resume()
+        elif mtype == b"F":
+            self.out += SQLError("0A000", "fastpath function calls are not supported").encode()
+            self.out += P.ready_for_query(s.status)
+        elif mtype in (b"d", b"c", b"f", b"p"):
+            pass   # stray COPY data; password (we trust everyone)
         else:
             self.fatal("08P01", f"invalid frontend message type {mtype[0]}")
 
@@ -189,11 +186,12 @@ class Connection:
         self.wait = None
         try:
             w = self.gen.send(None)
-        except StopIteration:
+        except StopIteration as stop:
             self.gen = None
             self.out += s.out
             s.out.clear()
-            self.out += P.ready_for_query(s.status)
+            if not self.extended or stop.value:      # a Query, or a Sync
+                self.out += P.ready_for_query(s.status)
             return
         except Panic:
             raise
@@ -203,7 +201,10 @@ class Connection:
             s._fail(e if isinstance(e, SQLError) else SQLError("XX000", f"internal error: {e}"))
             self.out += s.out
             s.out.clear()
-            self.out += P.ready_for_query(s.status)
+            if self.extended:
+                s.skipping = True                     # as any error: skip to the next Sync
+            else:
+                self.out += P.ready_for_query(s.status)
             return
         self.wait = w
         if isinstance(w, CommitWait):

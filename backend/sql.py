@@ -35,6 +35,7 @@ from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL,
                            PG_LSN, SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, BinOp, Begin,
                            Cast, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
                            Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Unsupported, Update, Utility, Value)
+from backend.extended import ExtendedProtocol
 from backend.parse import parse
 from libpq import protocol as P
 from libpq.protocol import SQLError
@@ -563,8 +564,8 @@ class Txn:
 # ---------------------------------------------------------------------------
 # the session
 
-class Session:
-    """One client's SQL state; ``run`` executes a Query message."""
+class Session(ExtendedProtocol):
+    """One client's SQL state; ``run`` executes a Query message, ``extended_message`` the rest."""
 
     def __init__(self, engine: Engine, pid: int = 0, params: dict[str, str] | None = None):
         self.engine = engine
@@ -580,6 +581,7 @@ class Session:
         self._implicit = False
         self.bound: list[Value] = []          # $n values of the portal being executed
         self.param_types: list[int] = []      # their type OIDs (0/UNKNOWN: untyped)
+        self.init_extended()
 
     # -- protocol output
     def send(self, data: bytes) -> None:
@@ -625,6 +627,7 @@ class Session:
     # -- running a Query message
     def run(self, sql: str) -> Generator[Wait, None, None]:
         """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included)."""
+        self.forget_unnamed_statement()
         try:
             stmts = parse(sql)
         except SQLError as e:
@@ -745,25 +748,19 @@ class Session:
     def exec_show(self, st: Show) -> None:
         if st.name == "all":
             names = sorted(set(SETTINGS) | set(READ_ONLY) | set(self.gucs))
-            self.send(P.row_description([("name", TEXT), ("setting", TEXT), ("description", TEXT)]))
-            n = 0
+            rows = []
             for name in names:
                 v = self.show_value(name)
                 if v is None:
                     continue
                 desc = SETTINGS[name].desc if name in SETTINGS else ""
-                self.send(P.data_row([name, v, desc]))
-                n += 1
-            self.send(P.command_complete("SHOW"))
+                rows.append([(name, TEXT), (v, TEXT), (desc, TEXT)])
+            self.emit_rows(self.result_columns(st), rows, "SHOW")
             return
         v = self.show_value(st.name)
         if v is None:
             raise SQLError("42704", f'unrecognized configuration parameter "{st.name}"')
-        col = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}.get(
-            st.name, st.name)
-        self.send(P.row_description([(col, TEXT)]))
-        self.send(P.data_row([v]))
-        self.send(P.command_complete("SHOW"))
+        self.emit_rows(self.result_columns(st), [[(v, TEXT)]], "SHOW")
 
     def exec_set(self, st: SetStmt) -> None:
         if st.name == "all":
@@ -975,7 +972,8 @@ class Session:
                 e.typename, e.typename)
         return "?column?"
 
-    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+    def _select_shape(self, st: Select) -> tuple[str | None, list[tuple[str, int]], list[Expr], bool]:
+        """Checks done before any row is read, and the output columns."""
         rel = resolve_relation(st.table) if st.table else None
         for item in st.items:
             if item.expr is None and rel is None:
@@ -994,6 +992,39 @@ class Session:
                 cols.append((self.column_name(item), self.static_type(item.expr, rel)))
                 exprs.append(item.expr)
         aggregate = any(isinstance(e, Func) and e.name == "count" for e in exprs)
+        return rel, cols, exprs, aggregate
+
+    def result_columns(self, st: Stmt) -> list[tuple[str, int]] | None:
+        """The RowDescription a statement will produce (Describe), or None (NoData)."""
+        if isinstance(st, Select):
+            return self._select_shape(st)[1]
+        if isinstance(st, Show):
+            if st.name == "all":
+                return [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
+            return [(_SHOW_COLUMN.get(st.name, st.name), TEXT)]
+        return None
+
+    def emit_rows(self, cols: list[tuple[str, int]], rows: list[list[Value]], command: str = "SELECT") -> None:
+        """Rows of a statement: to the wire (simple Query) or into the portal being executed."""
+        portal = self.portal
+        if portal is not None:
+            portal.cols, portal.rows, portal.command = cols, rows, command
+            return
+        self.send(P.row_description(cols))
+        for vals in rows:
+            self.send(P.data_row([to_text(v) for v in vals]))
+        self.send(P.command_complete("SHOW" if command == "SHOW" else f"SELECT {len(rows)}"))
+
+    @staticmethod
+    def cast_param(v: Value, typename: str) -> Value:
+        return cast(v, typename)
+
+    @staticmethod
+    def to_wire(v: Value) -> str | None:
+        return to_text(v)
+
+    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+        rel, cols, exprs, aggregate = self._select_shape(st)
         if aggregate:
             for e in exprs:
                 if not (isinstance(e, Func) and e.name == "count") and any(
@@ -1008,9 +1039,7 @@ class Session:
             if aggregate and st.where is None and all(
                     isinstance(e, Func) and e.name == "count" and e.star for e in exprs):
                 n = self.kv_count()
-                self.send(P.row_description(cols))
-                self.send(P.data_row([str(n)] * len(exprs)))
-                self.send(P.command_complete("SELECT 1"))
+                self.emit_rows(cols, [[(n, INT8)] * len(exprs)])
                 return
             key = _key_equality(st.where, self.bound)
             if key is not None:
@@ -1050,10 +1079,7 @@ class Session:
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
-        self.send(P.row_description(cols))
-        for vals in out_rows:
-            self.send(P.data_row([to_text(v) for v in vals]))
-        self.send(P.command_complete(f"SELECT {len(out_rows)}"))
+        self.emit_rows(cols, out_rows)
 
     def _aggregate(self, e: Expr, rows: list[dict[str, Value]]) -> Value:
         if isinstance(e, Func) and e.name == "count":
@@ -1269,11 +1295,14 @@ def _not_supported(sess: Session, st: Utility) -> None:
 # 0A000 "<TAG> is not supported"; role statements are listed explicitly so they can be pointed at
 # their implementation.
 UTILITY: dict[str, Callable[[Session, Utility], None]] = {
-    "CheckpointStmt": _checkpoint,
+    "CheckPointStmt": _checkpoint,
     "CreateRoleStmt": _not_supported,
     "AlterRoleStmt": _not_supported,
     "DropRoleStmt": _not_supported,
 }
+
+
+_SHOW_COLUMN = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}
 
 
 def _format_bytes(n: int) -> str:

@@ -200,11 +200,12 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return msg(b"Z", status)
 
 
-def row_description(columns: list[tuple[str, int]]) -> bytes:
+def row_description(columns: list[tuple[str, int]], formats: list[int] | None = None) -> bytes:
+    """formats: one result format code per column (0 text, 1 binary); None: all text."""
     body = struct.pack("!H", len(columns))
-    for name, typoid in columns:
+    for i, (name, typoid) in enumerate(columns):
         size = {INT4OID: 4, INT8OID: 8, BOOLOID: 1, PG_LSNOID: 8, TIMESTAMPTZOID: 8}.get(typoid, -1)
-        body += cstr(name) + struct.pack("!IhIhih", 0, 0, typoid, size, -1, 0)
+        body += cstr(name) + struct.pack("!IhIhih", 0, 0, typoid, size, -1, formats[i] if formats else 0)
     return msg(b"T", body)
 
 
@@ -311,3 +312,141 @@ def default_server_params(application_name: str = "", in_hot_standby: bool = Fal
         "standard_conforming_strings": "on",
         "TimeZone": "UTC",
     }
+
+
+# ---- extended query protocol ------------------------------------------------
+# Server side: decoders of Parse/Bind/Describe/Execute/Close bodies and the small replies.
+# Client side: the same messages built, for tests and tools that speak the protocol raw.
+
+class BodyReader:
+    """Sequential reader of one message body; ProtocolError on a short or malformed body."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.pos = body, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.body):
+            raise ProtocolError("invalid message format")
+        b = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def int16(self) -> int:
+        return struct.unpack("!h", self.take(2))[0]
+
+    def int32(self) -> int:
+        return struct.unpack("!i", self.take(4))[0]
+
+    def cstr(self) -> str:
+        end = self.body.find(b"\x00", self.pos)
+        if end < 0:
+            raise ProtocolError("invalid string in message")
+        s = self.body[self.pos:end].decode("utf-8", "replace")
+        self.pos = end + 1
+        return s
+
+
+@dataclass
+class ParseMsg:
+    name: str
+    query: str
+    param_types: list[int]
+
+
+@dataclass
+class BindMsg:
+    portal: str
+    statement: str
+    param_formats: list[int]
+    values: list[bytes | None]
+    result_formats: list[int]
+
+
+def decode_parse(body: bytes) -> ParseMsg:
+    r = BodyReader(body)
+    name, query = r.cstr(), r.cstr()
+    types = [r.int32() & 0xFFFFFFFF for _ in range(r.int16())]
+    return ParseMsg(name, query, types)
+
+
+def decode_bind(body: bytes) -> BindMsg:
+    r = BodyReader(body)
+    portal, stmt = r.cstr(), r.cstr()
+    formats = [r.int16() for _ in range(r.int16())]
+    values: list[bytes | None] = []
+    for _ in range(r.int16()):
+        n = r.int32()
+        values.append(None if n == -1 else r.take(n))
+    results = [r.int16() for _ in range(r.int16())]
+    return BindMsg(portal, stmt, formats, values, results)
+
+
+def decode_describe(body: bytes) -> tuple[str, str]:
+    """Describe and Close: (b'S' or b'P' as str, name)."""
+    r = BodyReader(body)
+    kind = r.take(1).decode("ascii", "replace")
+    return kind, r.cstr()
+
+
+def decode_execute(body: bytes) -> tuple[str, int]:
+    r = BodyReader(body)
+    return r.cstr(), r.int32()
+
+
+def parse_complete() -> bytes:
+    return msg(b"1")
+
+
+def bind_complete() -> bytes:
+    return msg(b"2")
+
+
+def close_complete() -> bytes:
+    return msg(b"3")
+
+
+def no_data() -> bytes:
+    return msg(b"n")
+
+
+def portal_suspended() -> bytes:
+    return msg(b"s")
+
+
+def parameter_description(oids: list[int]) -> bytes:
+    return msg(b"t", struct.pack("!H", len(oids)) + b"".join(struct.pack("!I", o) for o in oids))
+
+
+def parse_message(name: str, query: str, param_types: list[int] = ()) -> bytes:
+    return msg(b"P", cstr(name) + cstr(query) + struct.pack("!H", len(param_types))
+               + b"".join(struct.pack("!I", t) for t in param_types))
+
+
+def bind_message(portal: str, statement: str, values: list[bytes | None] = (),
+                 param_formats: list[int] = (), result_formats: list[int] = ()) -> bytes:
+    body = cstr(portal) + cstr(statement) + struct.pack("!H", len(param_formats))
+    body += b"".join(struct.pack("!h", f) for f in param_formats) + struct.pack("!H", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    body += struct.pack("!H", len(result_formats)) + b"".join(struct.pack("!h", f) for f in result_formats)
+    return msg(b"B", body)
+
+
+def describe_message(kind: str, name: str) -> bytes:
+    return msg(b"D", kind.encode("ascii") + cstr(name))
+
+
+def execute_message(portal: str, max_rows: int = 0) -> bytes:
+    return msg(b"E", cstr(portal) + struct.pack("!i", max_rows))
+
+
+def close_message(kind: str, name: str) -> bytes:
+    return msg(b"C", kind.encode("ascii") + cstr(name))
+
+
+def sync_message() -> bytes:
+    return msg(b"S")
+
+
+def flush_message() -> bytes:
+    return msg(b"H")
