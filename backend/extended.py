@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backend.nodes import (BOOL, FLOAT8, INT4, INT8, INTERVAL, NAME, OID, PG_LSN, TEXT, TIMESTAMPTZ, UNKNOWN,

@@ -150,11 +150,6 @@ class SetStmt(Stmt):
     tag: str = "SET"
 
 
-@dataclass
-class Checkpoint(Stmt):
-    pass
-
-
 
 @dataclass
 class Param(Expr):
@@ -179,6 +174,6 @@ class InList(Expr):
 @dataclass
 class Utility(Stmt):
     """A statement executed by backend/sql.py's UTILITY table (by pglast node name), else 0A000."""
-    kind: str                    # pglast node name, e.g. "CheckpointStmt", "CreateRoleStmt"
+    kind: str                    # pglast node name, e.g. "CheckPointStmt", "CreateRoleStmt"
     node: dict
     tag: str                     # what PostgreSQL calls it, e.g. "CREATE INDEX"

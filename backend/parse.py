@@ -102,6 +102,7 @@ def _relname(rv: Node) -> str:
 
 
 def _unsupported(what: str) -> Unsupported:
+    """A form of a statement we run that we do not run in this form (0A000 "<what> is not supported")."""
     return Unsupported(what)
 
 
@@ -202,9 +203,6 @@ def _transaction(n: Node) -> Stmt:
     return _unsupported(words.get(kind, kind))
 
 
-_SHOW_ALIASES = {"transaction_isolation": "transaction_isolation", "timezone": "timezone"}
-
-
 def _show(n: Node) -> Stmt:
     return Show(n["name"].lower())
 
@@ -252,8 +250,6 @@ _SVF = {"SVFOP_CURRENT_TIMESTAMP": "now", "SVFOP_CURRENT_TIMESTAMP_N": "now", "S
         "SVFOP_LOCALTIMESTAMP_N": "now", "SVFOP_CURRENT_USER": "current_user", "SVFOP_USER": "current_user",
         "SVFOP_SESSION_USER": "current_user", "SVFOP_CURRENT_ROLE": "current_user",
         "SVFOP_CURRENT_CATALOG": "current_database"}
-_TYPE_ALIASES = {"int4": "int", "int8": "bigint", "float8": "float8", "bool": "boolean", "varchar": "varchar",
-                 "bpchar": "text", "int2": "smallint", "float4": "real", "timestamptz": "timestamptz"}
 _OPS = {"=", "<>", "!=", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||"}
 
 

@@ -3,6 +3,9 @@
 States::
 
     STARTUP ──StartupMessage──> READY ──'Q'──> RUNNING ──query done──> READY
+                                READY ──P/B/D/E/C/H/S──> RUNNING ──message done──> READY
+                                      (ReadyForQuery only after 'Q' and 'S'; after an
+                                       error the session skips messages up to 'S')
        │  └─ replication=... ──> handed to the postmaster (HANDED_OFF)
        │  └─ CancelRequest / too many clients / shutting down ──> CLOSED
     RUNNING ──yields CommitWait──> WAITING (output held back) ──flushed+applied──> RUNNING

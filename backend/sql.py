@@ -1,7 +1,8 @@
-"""The SQL surface: a lexer, a small parser and an executor for table ``kv``.
+"""The SQL executor for table ``kv``: statements parsed by PostgreSQL's grammar (backend/parse.py).
 
-What it owns: the grammar of the statements walswitch accepts (DESIGN.md §6),
-their PostgreSQL command tags and error codes, the per-session transaction
+What it owns: the execution of the statements walswitch accepts (DESIGN.md §6),
+their PostgreSQL command tags and error codes, the SQL functions (one table,
+``FUNCS``), utility statements by parse-node name (one table, ``UTILITY``), the per-session transaction
 state machine (idle / in block / failed, plus PostgreSQL's implicit block for
 a multi-statement Query), and the system views ``pg_stat_replication`` and
 ``pg_stat_wal_receiver``.
@@ -12,7 +13,8 @@ engine to log each change (a KV record), to log a commit (returns a
 ``CommitWait`` the session yields; the backend resumes the session once the
 commit is flushed and applied: group commit), or an abort.
 
-A Query message runs as a generator (``Session.run``): it writes protocol
+A Query message runs as a generator (``Session.run``), and so does each
+extended-protocol message (``Session.extended_message``, backend/extended.py): it writes protocol
 messages into ``Session.out`` and yields a ``Wait`` whenever it must not go
 on before something happens elsewhere (a commit's fsync, a promotion).  The
 whole query string is parsed before anything runs, as PostgreSQL does: a

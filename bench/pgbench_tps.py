@@ -1,16 +1,24 @@
-"""Commits per second with ``pgbench -n -M simple -f script`` (4 clients, ``-j 2``, one INSERT per
-transaction, fsync on), walswitch against PostgreSQL 15 started by the benchmark in the same run.
+"""Commits per second with ``pgbench -n -M simple|prepared -f script`` (4 clients, ``-j 2``, one INSERT
+per transaction, fsync on), walswitch against PostgreSQL 15 started by the benchmark in the same run.
 
 Both servers run the same script on the same ``kv(key text primary key, value text)`` table with
-``fsync = on`` and ``synchronous_commit = on``; runs alternate between the two so that machine noise
-hits both alike, after a short warm-up run on each.
+``fsync = on`` and ``synchronous_commit = on``; runs alternate between the servers so that machine noise
+hits all alike, after a short warm-up run on each.
+
+``python -m bench.pgbench_tps --before DIR`` adds a third server: walswitch run from another checkout
+of the code (e.g. ``git worktree add /tmp/before 04df7dd``), for a before/after figure in one run.
+A mode the older code refuses (it had no extended protocol) is reported as refused.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import re
 import subprocess
 from pathlib import Path
 
+from bench import common
 from bench.common import PGBIN, BenchError, median, pg_primary, ratio, tempdir, walswitch_primary
 
 TITLE = "commits/s, pgbench -n -M simple -f (4 clients, -j 2, 1 INSERT per transaction, fsync on)"
@@ -19,13 +27,13 @@ SCRIPT = ("\\set k random(1, 1000000)\n"
           "INSERT INTO kv VALUES (:k, 'value-' || :k) ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n")
 
 
-def pgbench_cmd(server, script: Path, seconds: int, clients: int = 4) -> list[str]:
-    return [str(PGBIN / "pgbench"), "-n", "-M", "simple", "-f", str(script), "-c", str(clients),
+def pgbench_cmd(server, script: Path, seconds: int, clients: int = 4, mode: str = "simple") -> list[str]:
+    return [str(PGBIN / "pgbench"), "-n", "-M", mode, "-f", str(script), "-c", str(clients),
             "-j", "2", "-T", str(seconds), *server.dsn_args()]
 
 
-def pgbench(server, script: Path, seconds: int, clients: int = 4) -> float:
-    r = subprocess.run(pgbench_cmd(server, script, seconds, clients), capture_output=True, text=True,
+def pgbench(server, script: Path, seconds: int, clients: int = 4, mode: str = "simple") -> float:
+    r = subprocess.run(pgbench_cmd(server, script, seconds, clients, mode), capture_output=True, text=True,
                        timeout=seconds + 60)
     m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", r.stdout)
     if r.returncode or not m:
@@ -62,3 +70,56 @@ def run(runs: int = 3, seconds: int = 10, warmup: int = 2) -> dict:
         "rows": [{"metric": "commits/s (median)", "walswitch": ws_m, "postgresql": pg_m,
                   "ratio": ratio(ws_m, pg_m), "better": "higher"}],
     }
+
+
+@contextlib.contextmanager
+def code_root(path: Path):
+    """Start walswitch servers from another checkout: ``python -m walswitch.cli`` runs with cwd = path."""
+    saved, common.ROOT = common.ROOT, path
+    try:
+        yield
+    finally:
+        common.ROOT = saved
+
+
+def before_after(before: Path, runs: int = 3, seconds: int = 10, warmup: int = 2,
+                 modes: tuple[str, ...] = ("simple", "prepared")) -> dict:
+    """commits/s of this checkout ("after"), of ``before`` and of PostgreSQL 15, per pgbench mode."""
+    out: dict = {"runs": runs, "seconds_per_run": seconds, "modes": {}}
+    with tempdir("walswitch-bench-ba-") as base:
+        script = base / "insert.sql"
+        script.write_text(SCRIPT)
+        script.chmod(0o644)
+        with contextlib.ExitStack() as stack:
+            after = stack.enter_context(walswitch_primary(base, "after"))
+            with code_root(before):
+                old = stack.enter_context(walswitch_primary(base, "before"))
+            pg = stack.enter_context(pg_primary(base))
+            servers = {"after": after, "before": old, "postgresql": pg}
+            for mode in modes:
+                tps: dict[str, list[float]] = {k: [] for k in servers}
+                refused: dict[str, str] = {}
+                for name, srv in servers.items():
+                    try:
+                        pgbench(srv, script, warmup, mode=mode)
+                    except BenchError as e:
+                        refused[name] = str(e).splitlines()[0][:200]
+                for _ in range(runs):
+                    for name, srv in servers.items():
+                        if name not in refused:
+                            tps[name].append(pgbench(srv, script, seconds, mode=mode))
+                out["modes"][mode] = {
+                    "command": " ".join(pgbench_cmd(pg, Path("insert.sql"), seconds, mode=mode)).replace(
+                        str(pg.port), "PORT"),
+                    "tps": tps, "median": {k: median(v) for k, v in tps.items() if v}, "refused": refused}
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, help="another checkout of walswitch to compare against")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    a = ap.parse_args()
+    res = before_after(a.before, a.runs, a.seconds) if a.before else run(a.runs, a.seconds)
+    print(json.dumps(res, indent=2))
