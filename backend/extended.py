@@ -25,8 +25,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from backend.nodes import (BOOL, FLOAT8, INT4, INT8, INTERVAL, NAME, OID, PG_LSN, TEXT, TIMESTAMPTZ, UNKNOWN,
-                           XID, Param, Select, Show, Stmt, Value)
+from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, OID, PG_LSN, TEXT, TIMESTAMPTZ, UNKNOWN,
+                           XID, Cast, Param, Select, Show, Stmt, Value)
 from backend.parse import parse
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
@@ -60,21 +60,25 @@ class Portal:
         return "SHOW" if self.command == "SHOW" else f"SELECT {n}"
 
 
-def n_params(stmt: Stmt | None, declared: list[int]) -> int:
-    """Highest $n used (or declared): PostgreSQL counts parameters this way."""
+def param_types(stmt: Stmt | None, declared: list[int]) -> list[int]:
+    """One type per $n up to the highest used (or declared), as PostgreSQL counts them; an undeclared
+    ``$n::type`` takes that type (its inference for casts), any other stays 0 (described as text)."""
     top = len(declared)
-    if stmt is None:
-        return top
-    todo: list[Any] = [stmt]
+    inferred: dict[int, int] = {}
+    todo: list[Any] = [stmt] if stmt is not None else []
     while todo:                            # iterative walk: no recursion on deep trees
         x = todo.pop()
         if isinstance(x, Param):
             top = max(top, x.number)
+        elif isinstance(x, Cast) and isinstance(x.expr, Param):
+            inferred.setdefault(x.expr.number, CAST_TYPES.get(x.typename, 0))
+            todo.append(x.expr)
         elif isinstance(x, (list, tuple)):
             todo.extend(x)
         elif hasattr(x, "__dataclass_fields__"):
             todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
-    return top
+    types = list(declared) + [0] * (top - len(declared))
+    return [t or inferred.get(i + 1, 0) for i, t in enumerate(types)]
 
 
 def formats_for(codes: list[int], n: int) -> list[int]:
@@ -207,9 +211,7 @@ class ExtendedProtocol:
         if len(stmts) > 1:
             raise SQLError("42601", "cannot insert multiple commands into a prepared statement")
         stmt = stmts[0] if stmts else None
-        types = list(m.param_types)
-        types += [0] * (n_params(stmt, types) - len(types))
-        self.statements[m.name] = Prepared(m.query, stmt, types)
+        self.statements[m.name] = Prepared(m.query, stmt, param_types(stmt, list(m.param_types)))
         self.send(P.parse_complete())
 
     def _statement(self, name: str) -> Prepared:

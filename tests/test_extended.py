@@ -152,6 +152,14 @@ def test_libpq_prepared_statement_rules(primary):
         pgc.exec_(b"INSERT INTO kv VALUES ('k', 'v')")
         r = pgc.exec_prepared(b"s1", [b"k"])
         assert r.status == pq.ExecStatus.TUPLES_OK and r.get_value(0, 0) == b"v"
+        pgc.prepare(b"s2", b"SELECT $1::int + $2::bigint, $3")
+        d = pgc.describe_prepared(b"s2")            # types inferred from the casts; the rest: text
+        assert [d.param_type(i) for i in range(d.nparams)] == [23, 20, 25]
+        assert [d.ftype(i) for i in range(d.nfields)] == [20, 25]
+        r = pgc.exec_prepared(b"s2", [b"1", b"2", b"x"])
+        assert (r.get_value(0, 0), r.get_value(0, 1)) == (b"3", b"x")
+        r = pgc.exec_prepared(b"s2", [b"one", b"2", b"x"])
+        assert r.error_field(pq.DiagnosticField.SQLSTATE) == b"22P02"
         d = pgc.describe_prepared(b"")     # no unnamed statement yet
         assert d.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
 
