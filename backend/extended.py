@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Generator
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass
 from typing import Any
 
-from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, OID, PG_LSN, TEXT, TIMESTAMPTZ, UNKNOWN,
+from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT,
+                           TIMESTAMPTZ, UNKNOWN,
                            XID, Cast, Param, Select, Show, Stmt, Value)
 from backend.parse import parse
 from libpq import protocol as P
@@ -122,7 +124,9 @@ def decode_param(raw: bytes | None, fmt: int, oid: int) -> tuple[Any, int, str |
             return struct.unpack("!I", raw)[0], oid, None
         if oid == PG_LSN:
             return struct.unpack("!Q", raw)[0], PG_LSN, None
-    except (struct.error, UnicodeDecodeError):
+        if oid == NUMERIC:
+            return numeric_recv(raw), NUMERIC, None
+    except (struct.error, UnicodeDecodeError, InvalidOperation):
         raise SQLError("22P03", "incorrect binary data format in bind parameter") from None
     raise SQLError("0A000", f"binary format for parameters of type {oid} is not supported")
 
@@ -148,9 +152,46 @@ def encode_binary(v: Value) -> bytes | None:
         return struct.pack("!q", val - _PG_EPOCH_US)
     if oid == INTERVAL:
         return struct.pack("!qii", val, 0, 0)
+    if oid == NUMERIC:
+        return numeric_send(str(val))
     if oid in _TEXTUAL:
         return str(val).encode("utf-8")
     raise SQLError("0A000", f"binary output format for type {oid} is not supported")
+
+
+def numeric_send(text: str) -> bytes:
+    """PostgreSQL's numeric binary format: ndigits, weight, sign, dscale, base-10000 digits."""
+    d = Decimal(text)
+    if d.is_nan():
+        return struct.pack("!hhHh", 0, 0, 0xC000, 0)
+    exp = d.as_tuple().exponent
+    dscale = max(0, -exp) if isinstance(exp, int) else 0
+    whole, _, frac = format(abs(d), "f").partition(".")
+    whole = whole.lstrip("0")
+    whole = "0" * (-len(whole) % 4) + whole
+    frac = frac + "0" * (-len(frac) % 4)
+    groups = [int(whole[i:i + 4]) for i in range(0, len(whole), 4)]
+    weight = len(groups) - 1
+    groups += [int(frac[i:i + 4]) for i in range(0, len(frac), 4)]
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight = 0
+    sign = 0x4000 if d < 0 else 0
+    return struct.pack(f"!hhHh{len(groups)}h", len(groups), weight, sign, dscale, *groups)
+
+
+def numeric_recv(raw: bytes) -> str:
+    ndigits, weight, sign, dscale = struct.unpack_from("!hhHh", raw)
+    if sign == 0xC000:
+        return "NaN"
+    digits = struct.unpack_from(f"!{ndigits}h", raw, 8)
+    v = sum((Decimal(g).scaleb(4 * (weight - i)) for i, g in enumerate(digits)), Decimal(0))
+    text = format(v.quantize(Decimal(1).scaleb(-dscale)), "f")
+    return ("-" + text) if sign == 0x4000 else text
 
 
 class ExtendedProtocol:

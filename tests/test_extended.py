@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -111,6 +112,9 @@ def test_psycopg3_parameters_prepare_executemany_pipeline(nodes):
         assert row == (42, 42, True, "s")
         row = c.execute("SELECT %b + 1, %b, pg_current_wal_lsn() > '0/0'", (41, 2 ** 40), binary=True).fetchone()
         assert row == (42, 2 ** 40, True)
+        row = c.execute("SELECT %b, %b::numeric + 1, '-12345.0001'::numeric", (Decimal("10000.5"), Decimal("1.5")),
+                        binary=True).fetchone()
+        assert row == (Decimal("10000.5"), Decimal("2.5"), Decimal("-12345.0001"))
         for i in range(8):                                      # server-side prepared after the 5th
             assert c.execute("SELECT value FROM kv WHERE key = %s", ("t1",), prepare=True).fetchone() == \
                 ("text one",)
