@@ -29,7 +29,7 @@ from typing import Any
 from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT,
                            TIMESTAMPTZ, UNKNOWN,
                            XID, Cast, Param, Select, Show, Stmt, Value)
-from backend.parse import parse
+from backend.parse import parse, stack_depth_error
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
 
@@ -233,9 +233,9 @@ class ExtendedProtocol:
         except ProtocolError as e:
             self._fail(SQLError("08P01", str(e)))
             self.skipping = True
-        except SQLError as e:
+        except (SQLError, RecursionError) as e:
             self.portal = None
-            self._fail(e)
+            self._fail(e if isinstance(e, SQLError) else stack_depth_error())
             self.skipping = True
         return False
 

@@ -26,7 +26,8 @@ from backend.nodes import (BOOL, INT4, INT8, NUMERIC, TEXT, UNKNOWN, Begin, BinO
                            SetStmt, Show, Stmt, UnOp, Unsupported, Update, Utility)
 from libpq.protocol import SQLError
 
-MAX_DEPTH = 200        # expression nesting we evaluate; deeper: 54001 like PostgreSQL's max_stack_depth
+MAX_DEPTH = 400        # expression nesting we evaluate; deeper: 54001 like PostgreSQL past max_stack_depth (its
+                       # 2MB stack reaches ~4,000 levels; json.loads at the default recursion limit ~480)
 
 Node = dict[str, Any]
 

@@ -37,7 +37,7 @@ from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL,
                            Cast, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
                            Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Unsupported, Update, Utility, Value)
 from backend.extended import ExtendedProtocol
-from backend.parse import parse
+from backend.parse import parse, stack_depth_error
 from backend.values import as_bool, as_int, as_lsn, as_text, cast, to_text, type_name
 from libpq import protocol as P
 from libpq.protocol import SQLError
@@ -501,6 +501,9 @@ class Session(ExtendedProtocol):
                         yield from self._commit()
                 except SQLError as e:
                     self._fail(e)
+                    return
+                except RecursionError:         # a last guard: parse.py bounds depth before this
+                    self._fail(stack_depth_error())
                     return
             if not self.block:
                 yield from self._commit()

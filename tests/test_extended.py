@@ -52,6 +52,7 @@ def test_psql_syntax_error_caret_nesting_and_unsupported(primary):
               "\\set ON_ERROR_STOP 0\n"
               "SELECT " + "(" * 100000 + "1" + ")" * 100000 + ";\n"
               "SELECT " + "+".join(["1"] * 5000) + ";\n"
+              "SELECT " + "+".join(["1"] * 350) + " AS sum350;\n"
               "SELECT 1 IN (" + ",".join(["2"] * 99999) + ",1) AS found;\n"
               "CREATE INDEX i ON kv (value);\n"
               "CREATE ROLE r;\n"
@@ -62,6 +63,7 @@ def test_psql_syntax_error_caret_nesting_and_unsupported(primary):
     assert 'ERROR:  memory exhausted at or near "("' in err
     assert "ERROR:  stack depth limit exceeded" in err
     assert " found \n-------\n t\n" in out
+    assert " sum350 \n--------\n    350\n" in out
     assert "ERROR:  CREATE INDEX is not supported" in err
     assert "ERROR:  CREATE ROLE is not supported" in err
     assert "still here" in out
