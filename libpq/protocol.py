@@ -227,18 +227,21 @@ def empty_query_response() -> bytes:
     return msg(b"I")
 
 
-def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
+def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,
+            position: int | None = None) -> bytes:
     body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(sqlstate) + b"M" + cstr(message)
     if detail:
         body += b"D" + cstr(detail)
     if hint:
         body += b"H" + cstr(hint)
+    if position:
+        body += b"P" + cstr(str(position))     # 1-based character index into the query string
     return body + b"\x00"
 
 
 def error_response(sqlstate: str, message: str, severity: str = "ERROR",
-                   detail: str | None = None, hint: str | None = None) -> bytes:
-    return msg(b"E", _fields(severity, sqlstate, message, detail, hint))
+                   detail: str | None = None, hint: str | None = None, position: int | None = None) -> bytes:
+    return msg(b"E", _fields(severity, sqlstate, message, detail, hint, position))
 
 
 def notice_response(message: str, severity: str = "NOTICE", sqlstate: str = "00000") -> bytes:
@@ -269,15 +272,18 @@ def parse_query(body: bytes) -> str:
 class SQLError(Exception):
     """An error to report to the client with a SQLSTATE; the connection stays up."""
 
-    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None):
+    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None,
+                 position: int | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.position = position
 
     def encode(self) -> bytes:
-        return error_response(self.sqlstate, self.message, detail=self.detail, hint=self.hint)
+        return error_response(self.sqlstate, self.message, detail=self.detail, hint=self.hint,
+                              position=self.position)
 
 
 def startup_greeting(server_params: dict[str, str], pid: int, key: int) -> bytes:
