@@ -51,13 +51,23 @@ def parse(sql: str) -> list[Stmt]:
         text = pg_parser.parse_sql_json(sql)
     except pg_parser.ParseError as e:
         message, location = e.args[0], e.args[1] if len(e.args) > 1 else None
-        raise SQLError("42601", message, position=None if location is None else location + 1) from None
+        raise SQLError("42601", message, position=_error_position(sql, location)) from None
     if len(text) > 2 * MAX_TREE_DEPTH and _json_depth(text) > MAX_TREE_DEPTH:
         raise SQLError("54001", "stack depth limit exceeded", hint=STACK_DEPTH_HINT)
     if sys.getrecursionlimit() < RECURSION_LIMIT:
         sys.setrecursionlimit(RECURSION_LIMIT)
     tree = json.loads(text)
     return [_Translator(sql, raw).statement() for raw in tree.get("stmts", [])]
+
+
+def _error_position(sql: str, location: int | None) -> int | None:
+    """PostgreSQL's 1-based character position of a syntax error.
+
+    pglast 5 reports libpg_query's 1-based character cursor minus one, converted as if it were a byte
+    offset into characters; undo that (the same for ASCII, right after multi-byte characters)."""
+    if location is None:
+        return None
+    return len(sql[:location].encode("utf-8")) + 1
 
 
 def _json_depth(text: str) -> int:

@@ -563,6 +563,8 @@ class Txn:
 # ---------------------------------------------------------------------------
 # the session
 
+SHOW_ALL_COLUMNS = [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
+
 class Session:
     """One client's SQL state; ``run`` executes a Query message."""
 
@@ -578,12 +580,46 @@ class Session:
         if self.params.get("application_name"):
             self.gucs["application_name"] = self.params["application_name"]
         self._implicit = False
+        self.capture: Any = None                     # the portal collecting results (backend/extended.py)
         self.bound: list[Value] | None = None        # $n values of the portal being executed
         self.bound_types: list[int] | None = None    # their declared types (0: not given)
 
     # -- protocol output
     def send(self, data: bytes) -> None:
         self.out += data
+
+    # Results go through these three, so that a portal (backend/extended.py) can hold them back, limit
+    # them and choose text or binary per column; a simple Query sends them at once.
+    def result_columns(self, cols: list[tuple[str, int]]) -> None:
+        if self.capture is not None:
+            self.capture.columns = cols
+        else:
+            self.send(P.row_description(cols))
+
+    def result_row(self, values: list[Value]) -> None:
+        if self.capture is not None:
+            self.capture.rows.append(values)
+        else:
+            self.send(P.data_row([to_text(v) for v in values]))
+
+    def complete(self, tag: str) -> None:
+        if self.capture is not None:
+            self.capture.tag = tag
+        else:
+            self.send(P.command_complete(tag))
+
+    def describe(self, st: Stmt | None) -> list[tuple[str, int]] | None:
+        """The columns a statement returns (RowDescription), or None (NoData)."""
+        if isinstance(st, Select):
+            return self.select_columns(st)[1]
+        if isinstance(st, Show):
+            return SHOW_ALL_COLUMNS if st.name == "all" else self.show_columns(st)
+        return None
+
+    @staticmethod
+    def show_columns(st: Show) -> list[tuple[str, int]]:
+        return [({"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}.get(
+            st.name, st.name), TEXT)]
 
     def notice(self, message: str, severity: str = "NOTICE", sqlstate: str = "00000") -> None:
         self.send(P.notice_response(message, severity, sqlstate))
@@ -678,7 +714,7 @@ class Session:
             self.exec_set(st)
         elif isinstance(st, Checkpoint):
             self.engine.checkpoint()
-            self.send(P.command_complete("CHECKPOINT"))
+            self.complete("CHECKPOINT")
         else:  # pragma: no cover - the parser makes only the above
             raise SQLError("0A000", "statement not supported")
 
@@ -689,20 +725,20 @@ class Session:
         else:
             self.block = True
             self._txn().read_only |= st.read_only
-        self.send(P.command_complete("BEGIN"))
+        self.complete("BEGIN")
 
     def exec_commit(self) -> Generator[Wait, None, None]:
         if self.failed:
             self.failed = self.block = False
             self._abort()
-            self.send(P.command_complete("ROLLBACK"))
+            self.complete("ROLLBACK")
             return
         if self.block or self._implicit:
             self.block = False
             yield from self._commit()
         else:
             self.notice("there is no transaction in progress", "WARNING", "25P01")
-        self.send(P.command_complete("COMMIT"))
+        self.complete("COMMIT")
 
     def exec_rollback(self) -> None:
         if self.failed or self.block or self._implicit:
@@ -710,7 +746,7 @@ class Session:
             self._abort()
         else:
             self.notice("there is no transaction in progress", "WARNING", "25P01")
-        self.send(P.command_complete("ROLLBACK"))
+        self.complete("ROLLBACK")
 
     # -- settings
     def show_value(self, name: str) -> str | None:
@@ -741,25 +777,23 @@ class Session:
     def exec_show(self, st: Show) -> None:
         if st.name == "all":
             names = sorted(set(SETTINGS) | set(READ_ONLY) | set(self.gucs))
-            self.send(P.row_description([("name", TEXT), ("setting", TEXT), ("description", TEXT)]))
+            self.result_columns(SHOW_ALL_COLUMNS)
             n = 0
             for name in names:
                 v = self.show_value(name)
                 if v is None:
                     continue
                 desc = SETTINGS[name].desc if name in SETTINGS else ""
-                self.send(P.data_row([name, v, desc]))
+                self.result_row([(name, TEXT), (v, TEXT), (desc, TEXT)])
                 n += 1
-            self.send(P.command_complete("SHOW"))
+            self.complete("SHOW")
             return
         v = self.show_value(st.name)
         if v is None:
             raise SQLError("42704", f'unrecognized configuration parameter "{st.name}"')
-        col = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}.get(
-            st.name, st.name)
-        self.send(P.row_description([(col, TEXT)]))
-        self.send(P.data_row([v]))
-        self.send(P.command_complete("SHOW"))
+        self.result_columns(self.show_columns(st))
+        self.result_row([(v, TEXT)])
+        self.complete("SHOW")
 
     def exec_set(self, st: SetStmt) -> None:
         if st.name == "all":
@@ -769,7 +803,7 @@ class Session:
                 self.gucs.pop(st.name, None)
             else:
                 self.gucs[st.name] = st.value
-        self.send(P.command_complete(st.tag))
+        self.complete(st.tag)
 
     # -- reading kv (own changes visible)
     @property
@@ -845,7 +879,7 @@ class Session:
                 continue
             self._write(txn, "put", key, value)
             n += 1
-        self.send(P.command_complete(f"INSERT 0 {n}"))
+        self.complete(f"INSERT 0 {n}")
 
     def _matching_keys(self, where: Expr | None) -> list[tuple[str, str | None]]:
         key = _key_equality(where)
@@ -867,7 +901,7 @@ class Session:
         txn = self._check_writable("DELETE")
         for k, _v in matched:
             self._write(txn, "delete", k, None)
-        self.send(P.command_complete(f"DELETE {len(matched)}"))
+        self.complete(f"DELETE {len(matched)}")
 
     def exec_update(self, st: Update) -> None:
         rel = resolve_relation(st.table)
@@ -889,7 +923,7 @@ class Session:
             if new["key"] != k:
                 self._write(txn, "delete", k, None)
             self._write(txn, "put", new["key"], new["value"])
-        self.send(P.command_complete(f"UPDATE {len(matched)}"))
+        self.complete(f"UPDATE {len(matched)}")
 
     # -- SELECT
     def _check_columns(self, e: Expr | None, rel: str | None) -> None:
@@ -897,7 +931,7 @@ class Session:
         if e is None:
             return
         names = {c for c, _ in REL_COLUMNS[rel]} if rel else set()
-        for ref in _walk(e):
+        for ref in walk(e):
             if isinstance(ref, ColRef) and ref.name not in names:
                 full = f"{ref.qual}.{ref.name}" if ref.qual else ref.name
                 raise SQLError("42703", f'column "{full}" does not exist')
@@ -971,7 +1005,8 @@ class Session:
                 e.typename, e.typename)
         return "?column?"
 
-    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+    def select_columns(self, st: Select) -> tuple[str | None, list[tuple[str, int]], list[Expr], bool]:
+        """Check a SELECT and name its output: (relation, columns, expressions, is an aggregate)."""
         rel = resolve_relation(st.table) if st.table else None
         for item in st.items:
             if item.expr is None and rel is None:
@@ -993,10 +1028,14 @@ class Session:
         if aggregate:
             for e in exprs:
                 if not (isinstance(e, Func) and e.name == "count") and any(
-                        isinstance(x, ColRef) for x in _walk(e)):
-                    ref = next(x for x in _walk(e) if isinstance(x, ColRef))
+                        isinstance(x, ColRef) for x in walk(e)):
+                    ref = next(x for x in walk(e) if isinstance(x, ColRef))
                     raise SQLError("42803", f'column "{rel}.{ref.name}" must appear in the GROUP BY clause '
                                             "or be used in an aggregate function")
+        return rel, cols, exprs, aggregate
+
+    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+        rel, cols, exprs, aggregate = self.select_columns(st)
         # rows of the source
         if rel is None:
             src_rows: list[dict[str, Value]] = [{}]
@@ -1004,9 +1043,9 @@ class Session:
             if aggregate and st.where is None and all(
                     isinstance(e, Func) and e.name == "count" and e.star for e in exprs):
                 n = self.kv_count()
-                self.send(P.row_description(cols))
-                self.send(P.data_row([str(n)] * len(exprs)))
-                self.send(P.command_complete("SELECT 1"))
+                self.result_columns(cols)
+                self.result_row([(n, INT8)] * len(exprs))
+                self.complete("SELECT 1")
                 return
             key = _key_equality(st.where)
             if key is not None:
@@ -1046,10 +1085,10 @@ class Session:
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
-        self.send(P.row_description(cols))
+        self.result_columns(cols)
         for vals in out_rows:
-            self.send(P.data_row([to_text(v) for v in vals]))
-        self.send(P.command_complete(f"SELECT {len(out_rows)}"))
+            self.result_row(vals)
+        self.complete(f"SELECT {len(out_rows)}")
 
     def _aggregate(self, e: Expr, rows: list[dict[str, Value]]) -> Value:
         if isinstance(e, Func) and e.name == "count":
@@ -1209,7 +1248,7 @@ def _comparable(a: Value, b: Value) -> tuple[Any, Any]:
     return as_text(a), as_text(b)
 
 
-def _walk(e: Expr | None) -> Iterable[Expr]:
+def walk(e: Expr | None) -> Iterable[Expr]:
     """Every node of an expression, parent first; iterative (expressions may nest thousands deep)."""
     stack = [e] if e is not None else []
     while stack:
