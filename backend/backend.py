@@ -305,6 +305,11 @@ class Backend(Engine):
                 self.sel.unregister(self.listen_sock)
         self.listening = on
 
+    def wake(self) -> None:
+        """Wake the loop from another thread (a statement parsed off the loop)."""
+        with contextlib.suppress(OSError):
+            os.write(self.sig_w, b"\0")
+
     def cancel_request(self, pid: int, key: int) -> None:
         """CancelRequest: cancel the running statement of the session with this (pid, key)."""
         if pid != os.getpid():

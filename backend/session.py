@@ -20,15 +20,17 @@ fsynced.  Input is not read while a query runs, nor while more than
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import socket
+import threading
 import time
 from enum import Enum
 from typing import Any, Protocol
 
-from backend.sql import CommitWait, Panic, Session, Until, Wait
+from backend.sql import CommitWait, Panic, Session, Stmt, Until, Wait, parse
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
 from utils import config as cfgmod
@@ -43,12 +45,17 @@ class ConnectionOwner(Protocol):
 
     def forget(self, conn: "Connection") -> None: ...
 
+    def wake(self) -> None: ...
+
 log = elog.logger()
 
 MAX_PENDING_OUTPUT = 4 << 20
 AUTHENTICATION_TIMEOUT = 60.0          # PostgreSQL's authentication_timeout default
 RECV_SIZE = 256 * 1024
 EXTENDED_MESSAGES = {b"P", b"B", b"E", b"D", b"C", b"F"}
+# A Query longer than this is decoded and parsed in a thread, so that the loop goes on serving
+# the other sessions meanwhile (bench/isolation.py: a 16 MiB statement and others' commits).
+BIG_STATEMENT = 1 << 20
 
 
 class ConnState(Enum):
@@ -192,7 +199,11 @@ class Connection:
                 self.discard_until_sync = False
                 self.out += P.ready_for_query(s.status)
             return
-        if mtype == b"Q":
+        if mtype == b"Q" and len(body) > BIG_STATEMENT:
+            self.start_statement()
+            self.gen = self.big_query(body)
+            self.resume()
+        elif mtype == b"Q":
             try:
                 text = P.parse_query(body)
             except SQLError as e:
@@ -222,6 +233,16 @@ class Connection:
         timeout_ms = statement_timeout_ms(self.session, self.backend.config)
         self.statement_deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms > 0 else None
         self.interrupt = None
+
+    def big_query(self, body: bytes):
+        """A very large Query: decode and parse in a thread (waiting as a sleeping statement,
+        so cancel and statement_timeout apply), then run it on the loop as any other."""
+        job = ParseJob(body, self.backend.wake)
+        yield Until(job.done.is_set, float("inf"))
+        if job.error is not None:
+            raise job.error
+        assert self.session is not None
+        yield from self.session.run(job.text, job.stmts)
 
     def request_interrupt(self, sqlstate: str, message: str) -> None:
         """Cancel (57014) the running statement: at once if it sleeps, else at its next wait.
@@ -353,6 +374,32 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class ParseJob:
+    """Decode and parse one Query body in a daemon thread; ``done`` is set and the owner's loop
+    woken when ``text``/``stmts`` or ``error`` are ready.  Parsing touches no shared state."""
+
+    def __init__(self, body: bytes, wake: Any):
+        self.body = body
+        self.wake = wake
+        self.text = ""
+        self.stmts: list[Stmt] | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self.work, name="parse", daemon=True).start()
+
+    def work(self) -> None:
+        try:
+            self.text = P.parse_query(self.body)
+            self.stmts = parse(self.text)
+        except Exception as e:  # noqa: BLE001 - reported to the client by the statement
+            self.error = e
+        finally:
+            self.body = b""
+            self.done.set()
+            with contextlib.suppress(Exception):
+                self.wake()
 
 
 def slot_refusal(sessions: int, max_connections: int, reserved: int, superuser: bool) -> str | None:

@@ -262,7 +262,8 @@ class MessageReader:
         if len(self.buf) < 1 + length:
             return None
         mtype = bytes(self.buf[0:1])
-        body = bytes(self.buf[5:1 + length])
+        with memoryview(self.buf) as view:      # one copy of a large body, not two
+            body = bytes(view[5:1 + length])
         del self.buf[:1 + length]
         return mtype, body
 
