@@ -183,7 +183,14 @@ class Connection:
     def process_messages(self) -> None:
         while self.state == ConnState.READY and self.gen is None and not self.close_after_flush \
                 and len(self.out) < MAX_PENDING_OUTPUT:
-            m = self.reader.next()
+            # Called from the socket's readable event and also after a commit, a sleep or a
+            # drained output buffer: a bad message must end this connection on every path,
+            # never escape into the backend's loop.
+            try:
+                m = self.reader.next()
+            except ProtocolError as e:
+                self.fatal("08P01", str(e))
+                return
             if m is None:
                 return
             self.handle_message(*m)

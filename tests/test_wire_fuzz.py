@@ -78,7 +78,7 @@ def batch_checks(node: Node) -> Iterator[None]:
     yield
     events = node.events()[before_events:]
     crashes = [e for e in events if e.get("kind") in ("crash", "crash_restart")]
-    assert not crashes, crashes
+    assert not crashes, (crashes, node.log_text()[-4000:])
     abnormal = [e for e in events if e.get("kind") == "child_exit"
                 and (e.get("signal") or e.get("child") != "walsender" or e.get("code") not in (0, 1))]
     assert not abnormal, abnormal
@@ -326,6 +326,10 @@ def test_known_startup_answers(server: Node) -> None:
         ans = check_answer(exchange(server, GOOD_STARTUP + b"\x07" + struct.pack("!I", 4)))
         f = [error_fields(b) for t, b in ans if t == b"E"]
         assert f[-1]["C"] == "08P01" and f[-1]["M"] == "invalid frontend message type 7" and f[-1]["S"] == "FATAL"
+        # a bad message already buffered behind a commit: met when the commit resumes the session
+        ans = check_answer(exchange(server, GOOD_STARTUP + query("INSERT INTO kv VALUES ('a', 'b')")
+                                    + b"\x07" + struct.pack("!I", 4)))
+        assert error_fields(ans[-1][1])["M"] == "invalid frontend message type 7"
         # a query without its terminator, then one that is not UTF-8: errors, the session goes on
         ans = check_answer(exchange(server, GOOD_STARTUP + P.msg(b"Q", b"SELECT 1") + P.msg(b"Q", b"SELECT '\xff'\x00")
                                     + query("SELECT 1")))
