@@ -478,13 +478,15 @@ class Backend(Engine):
             self.wake_sleepers()
             self.check_statement_timeouts()
             self.group_commit()
+            if self.writer is None and self.shutdown_mode is None and not self.shared.xlog.get("in_recovery"):
+                # Before the outputs go: a pg_promote() answered in this round must find the
+                # backend already the WAL inserter (a SIGTERM right after it wrote no checkpoint).
+                self.promote_in_place()
             self.flush_outputs()
             if self.reload_pending:
                 self.reload_config()
             if self.writer is not None:
                 self.timers()
-            elif self.shutdown_mode is None and not self.shared.xlog.get("in_recovery"):
-                self.promote_in_place()
             self.sweep_startups()
             if not self.listening and time.monotonic() >= self.fds.paused_until:
                 self.set_listening(True)

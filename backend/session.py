@@ -30,7 +30,10 @@ import time
 from enum import Enum
 from typing import Any, Protocol
 
-from backend.sql import CommitWait, Panic, Session, Stmt, Until, Wait, parse
+from backend.extended import Extended
+from backend.nodes import Stmt
+from backend.parse import parse
+from backend.sql import CommitWait, Panic, Session, Until, Wait
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
 from utils import config as cfgmod
@@ -52,7 +55,7 @@ log = elog.logger()
 MAX_PENDING_OUTPUT = 4 << 20
 AUTHENTICATION_TIMEOUT = 60.0          # PostgreSQL's authentication_timeout default
 RECV_SIZE = 256 * 1024
-EXTENDED_MESSAGES = {b"P", b"B", b"E", b"D", b"C", b"F"}
+EXTENDED_MESSAGES = {b"P", b"B", b"D", b"E", b"C", b"S", b"H"}
 # A Query longer than this is decoded and parsed in a thread, so that the loop goes on serving
 # the other sessions meanwhile (bench/isolation.py: a 16 MiB statement and others' commits).
 BIG_STATEMENT = 1 << 20
@@ -76,6 +79,8 @@ class Connection:
         self.out = bytearray()
         self.session: Session | None = None
         self.gen = None                       # the running query (a generator)
+        self.gen_ends_with_ready = True       # False for an Execute: ReadyForQuery comes at Sync
+        self.extended: Extended | None = None
         self.wait: Wait | None = None
         self.discard_until_sync = False
         self.close_after_flush = False
@@ -166,6 +171,7 @@ class Connection:
             self.fatal("53300", refusal)
             return
         self.session = Session(b, os.getpid(), pkt.params)
+        self.extended = Extended(self.session)
         self.state = ConnState.READY
         params = P.default_server_params(pkt.params.get("application_name", ""), in_hot_standby=b.in_recovery())
         self.out += P.startup_greeting(params, os.getpid(), self.cancel_key)
@@ -207,9 +213,7 @@ class Connection:
                 self.out += P.ready_for_query(s.status)
             return
         if mtype == b"Q" and len(body) > BIG_STATEMENT:
-            self.start_statement()
-            self.gen = self.big_query(body)
-            self.resume()
+            self.start(self.big_query(body), ready=True)
         elif mtype == b"Q":
             try:
                 text = P.parse_query(body)
@@ -219,21 +223,47 @@ class Connection:
                 s.out.clear()
                 self.out += P.ready_for_query(s.status)
                 return
-            self.start_statement()
-            self.gen = s.run(text)
-            self.resume()
-        elif mtype == b"S":
-            self.out += P.ready_for_query(s.status)
+            self.start(s.run(text), ready=True)
         elif mtype in EXTENDED_MESSAGES:
-            s._fail(SQLError("0A000", "extended query protocol is not supported",
-                             hint="Use the simple query protocol (e.g. pgbench -M simple)."))
-            self.out += s.out
+            self.extended_message(mtype, body)
+        elif mtype == b"F":
+            s._fail(SQLError("0A000", "fastpath function calls are not supported"))
+            self.out += s.out + P.ready_for_query(s.status)
             s.out.clear()
-            self.discard_until_sync = True
-        elif mtype in (b"H", b"d", b"c", b"f", b"p"):
-            pass   # Flush; stray COPY data; password (we trust everyone)
+        elif mtype in (b"d", b"c", b"f", b"p"):
+            pass   # stray COPY data; password (we trust everyone)
         else:
             self.fatal("08P01", f"invalid frontend message type {mtype[0]}")
+
+    def extended_message(self, mtype: bytes, body: bytes) -> None:
+        s, ext = self.session, self.extended
+        assert s is not None and ext is not None
+        try:
+            gen = ext.handle(mtype, body)
+        except SQLError as e:
+            self.extended_error(e)
+            return
+        if gen is not None:
+            self.start(gen, ready=mtype == b"S")
+        else:
+            self.out += s.out
+            s.out.clear()
+
+    def extended_error(self, e: SQLError) -> None:
+        """An error in the extended protocol: report it, roll back, skip to the next Sync."""
+        s, ext = self.session, self.extended
+        assert s is not None and ext is not None
+        s._fail(e)
+        ext.after_error()
+        self.out += s.out
+        s.out.clear()
+        self.discard_until_sync = True
+
+    def start(self, gen: Any, ready: bool) -> None:
+        self.start_statement()
+        self.gen = gen
+        self.gen_ends_with_ready = ready
+        self.resume()
 
     # ------------------------------------------------------------ running a query
     def start_statement(self) -> None:
@@ -284,16 +314,21 @@ class Connection:
             self.statement_deadline = None
             self.out += s.out
             s.out.clear()
-            self.out += P.ready_for_query(s.status)
+            if self.gen_ends_with_ready:
+                self.out += P.ready_for_query(s.status)
             return
         except Panic:
             raise
         except Exception as e:  # noqa: BLE001 - a bug in one query must not take the others down
-            if not isinstance(e, SQLError):
-                log.error("internal error while executing query: %s", e, exc_info=True)
             self.gen = None
             self.statement_deadline = None
-            s._fail(e if isinstance(e, SQLError) else SQLError("XX000", f"internal error: {e}"))
+            if not isinstance(e, SQLError):
+                log.error("internal error while executing query: %s", e, exc_info=True)
+                e = SQLError("XX000", f"internal error: {e}")
+            if not self.gen_ends_with_ready:
+                self.extended_error(e)
+                return
+            s._fail(e)
             self.out += s.out
             s.out.clear()
             self.out += P.ready_for_query(s.status)

@@ -304,12 +304,83 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return msg(b"Z", status)
 
 
-def row_description(columns: list[tuple[str, int]]) -> bytes:
+def row_description(columns: list[tuple[str, int]], formats: list[int] | None = None) -> bytes:
+    """RowDescription; ``formats`` gives each column's format code (0 text, 1 binary), default text."""
     body = struct.pack("!H", len(columns))
-    for name, typoid in columns:
+    for i, (name, typoid) in enumerate(columns):
         size = {INT4OID: 4, INT8OID: 8, BOOLOID: 1, PG_LSNOID: 8, TIMESTAMPTZOID: 8}.get(typoid, -1)
-        body += cstr(name) + struct.pack("!IhIhih", 0, 0, typoid, size, -1, 0)
+        body += cstr(name) + struct.pack("!IhIhih", 0, 0, typoid, size, -1, formats[i] if formats else 0)
     return msg(b"T", body)
+
+
+# Extended query protocol (backend side).
+def parse_complete() -> bytes:
+    return msg(b"1")
+
+
+def bind_complete() -> bytes:
+    return msg(b"2")
+
+
+def close_complete() -> bytes:
+    return msg(b"3")
+
+
+def no_data() -> bytes:
+    return msg(b"n")
+
+
+def portal_suspended() -> bytes:
+    return msg(b"s")
+
+
+def parameter_description(oids: list[int]) -> bytes:
+    return msg(b"t", struct.pack(f"!H{len(oids)}I", len(oids), *oids))
+
+
+class BodyReader:
+    """Fields of one message body, in order; a short or malformed body raises ProtocolError."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.pos = 0
+
+    def _take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.body):
+            raise ProtocolError("insufficient data left in message")
+        b = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def int16(self) -> int:
+        return struct.unpack("!h", self._take(2))[0]
+
+    def int32(self) -> int:
+        return struct.unpack("!i", self._take(4))[0]
+
+    def uint32(self) -> int:
+        return struct.unpack("!I", self._take(4))[0]
+
+    def byte(self) -> bytes:
+        return self._take(1)
+
+    def raw(self, n: int) -> bytes:
+        return self._take(n)
+
+    def cstr(self) -> str:
+        end = self.body.find(b"\x00", self.pos)
+        if end < 0:
+            raise ProtocolError("invalid string in message")
+        s = self.body[self.pos:end]
+        self.pos = end + 1
+        try:
+            return s.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("invalid byte sequence for encoding \"UTF8\"") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.body):
+            raise ProtocolError("invalid message format")
 
 
 def data_row(values: list[str | bytes | None]) -> bytes:
@@ -331,18 +402,21 @@ def empty_query_response() -> bytes:
     return msg(b"I")
 
 
-def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
+def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,
+            position: int | None = None) -> bytes:
     body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(sqlstate) + b"M" + cstr(message)
     if detail:
         body += b"D" + cstr(detail)
     if hint:
         body += b"H" + cstr(hint)
+    if position:
+        body += b"P" + cstr(str(position))     # 1-based character index into the query string
     return body + b"\x00"
 
 
 def error_response(sqlstate: str, message: str, severity: str = "ERROR",
-                   detail: str | None = None, hint: str | None = None) -> bytes:
-    return msg(b"E", _fields(severity, sqlstate, message, detail, hint))
+                   detail: str | None = None, hint: str | None = None, position: int | None = None) -> bytes:
+    return msg(b"E", _fields(severity, sqlstate, message, detail, hint, position))
 
 
 def notice_response(message: str, severity: str = "NOTICE", sqlstate: str = "00000") -> bytes:
@@ -391,15 +465,18 @@ def decode_client_text(raw: bytes) -> str:
 class SQLError(Exception):
     """An error to report to the client with a SQLSTATE; the connection stays up."""
 
-    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None):
+    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None,
+                 position: int | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.position = position
 
     def encode(self) -> bytes:
-        return error_response(self.sqlstate, self.message, detail=self.detail, hint=self.hint)
+        return error_response(self.sqlstate, self.message, detail=self.detail, hint=self.hint,
+                              position=self.position)
 
 
 def startup_greeting(server_params: dict[str, str], pid: int, key: int) -> bytes:
