@@ -659,10 +659,13 @@ class Session:
         return t.first_lsn if t is not None and t.xid else None
 
     # -- running a Query message
-    def run(self, sql: str) -> Generator[Wait, None, None]:
-        """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included)."""
+    def run(self, sql: str, stmts: "list[Stmt] | None" = None) -> Generator[Wait, None, None]:
+        """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included).
+
+        ``stmts``: already parsed (the backend parses very large statements off its loop).
+        """
         try:
-            stmts = parse(sql)
+            stmts = parse(sql) if stmts is None else stmts
         except SQLError as e:
             self._fail(e)
             return

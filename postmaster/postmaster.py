@@ -558,6 +558,11 @@ class Postmaster:
                 return
             if not msg and not fds:
                 return
+            if _flags & socket.MSG_CTRUNC:
+                # Out of descriptors: the kernel dropped the socket in transit (the client sees
+                # its connection closed); go on with the next hand-off, no spinning.
+                log.warning("could not receive a replication connection from the backend: "
+                            "out of file descriptors")
             for fd in fds:
                 try:
                     params = json.loads(msg.decode().splitlines()[0]) if msg else {}
@@ -570,7 +575,10 @@ class Postmaster:
                         peer = conn.getpeername()
                     except OSError:
                         peer = ("?", 0)
-                    self.fork_child("walsender", walsender_main,
-                                    f"walsender {params.get('user', 'postgres')} {peer[0]}({peer[1]})",
-                                    {"conn_sock": conn, "startup_params": params})
+                    try:
+                        self.fork_child("walsender", walsender_main,
+                                        f"walsender {params.get('user', 'postgres')} {peer[0]}({peer[1]})",
+                                        {"conn_sock": conn, "startup_params": params})
+                    except OSError as e:     # fork: EAGAIN/ENOMEM; refuse this client, keep running
+                        log.warning("could not fork WAL sender process: %s", e)
                 conn.close()
