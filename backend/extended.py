@@ -1,166 +1,362 @@
-"""The extended query protocol of one session, as PostgreSQL's tcop/postgres.c speaks it.
+"""The extended query protocol of one connection: prepared statements, portals, and their messages.
 
-Objects: prepared statements (``Prepared``: Parse's query, parsed once by pglast, with its parameter
-types) and portals (``Portal``: a statement bound to parameter values and result formats, plus the
-rows not yet fetched when an Execute with a row limit stopped early).
+As PostgreSQL's backend speaks it (tcop/postgres.c): Parse makes a prepared statement (named, or the
+unnamed one that the next unnamed Parse replaces), Bind makes a portal from it with parameter values
+($n, text or binary) and result formats, Describe answers ParameterDescription / RowDescription /
+NoData, Execute runs a portal up to a row limit (PortalSuspended, then the rest on the next Execute),
+Close drops either, Flush sends what is pending, Sync ends the implicit transaction and answers
+ReadyForQuery.  After an error every message up to the next Sync is skipped (session.py counts them
+out); the implicit transaction then rolls back.
 
-Rules kept from PostgreSQL:
-- the unnamed statement and the unnamed portal are replaced by the next Parse / Bind; a named one
-  must be Closed first (42P05 / 42P03); a simple Query destroys the unnamed statement;
-- a Parse of several statements: 42601 "cannot insert multiple commands into a prepared statement";
-- unknown statement 26000, unknown portal 34000;
-- an error makes the connection skip every message up to the next Sync (``skipping``); Sync answers
-  ReadyForQuery and ends the transaction's portals when no block is open;
-- an Execute outside a transaction block commits when its portal completes (as finish_xact_command).
+Who calls it: backend/session.py's Connection, one message at a time.  Execute and Sync return
+generators like a simple Query (backend/sql.py ``Session.run``): they may wait for a commit's flush.
 
-Who drives it: backend/session.py's Connection calls ``extended_message`` for P/B/D/E/C/S/H and
-runs the generator it returns exactly like a Query's (it yields a CommitWait while a commit is
-flushed).  The executor (``backend/sql.py``'s Session, which mixes this class in) provides
-``execute``, ``result_columns``, ``cast_param``, ``_fail`` and ``_commit``.
+Results of an Execute are captured by the session's result hooks (``Session.capture``), kept in the
+portal, and sent in the portal's formats; binary forms exist for the types our statements return.
 """
 from __future__ import annotations
 
 import struct
 from collections.abc import Generator
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from dataclasses import dataclass
 from typing import Any
 
-from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT,
-                           TIMESTAMPTZ, UNKNOWN,
-                           XID, Cast, Param, Select, Show, Stmt, Value)
-from backend.parse import parse, stack_depth_error
+from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT, TIMESTAMPTZ,
+                           TYPE_NAMES, UNKNOWN, XID, Cast, Expr, Param, SelItem, Stmt, Value)
+from backend.parse import parse
+from backend.sql import Session, Wait, walk, cast, to_text
 from libpq import protocol as P
-from libpq.protocol import ProtocolError, SQLError
+from libpq.protocol import BodyReader, ProtocolError, SQLError
+from xlog.lsn import parse_lsn
 
 INT2, FLOAT4, BPCHAR, VARCHAR = 21, 700, 1042, 1043
-_TEXTUAL = {0, UNKNOWN, TEXT, NAME, BPCHAR, VARCHAR}
-_PG_EPOCH_US = 946_684_800 * 1_000_000          # 2000-01-01 in Unix microseconds
-# declared parameter type -> the cast our executor applies to a text value
-_CAST_OF = {INT2: "int4", INT4: "int4", INT8: "int8", BOOL: "bool", FLOAT8: "float8", FLOAT4: "float8",
-            1700: "numeric", PG_LSN: "pg_lsn", OID: "oid", XID: "xid", INTERVAL: "interval"}
+POSTGRES_EPOCH_US = 946_684_800_000_000
+# Parameter types given by the client -> the cast that reads their text form.
+_PARAM_CASTS = {INT2: "int4", INT4: "int4", INT8: "int8", BOOL: "bool", FLOAT4: "float8", FLOAT8: "float8",
+                NUMERIC: "numeric", PG_LSN: "pg_lsn", OID: "oid", XID: "xid", INTERVAL: "interval"}
+_TEXT_LIKE = {0, TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN}
 
 
 @dataclass
 class Prepared:
-    query: str
-    stmt: Stmt | None                    # None: empty query
-    param_types: list[int]               # declared (0 = let the server decide)
+    text: str
+    stmt: Stmt | None            # None: an empty query string
+    param_types: list[int]       # as given (0: not given); resolved types go in ParameterDescription
+
+
+@dataclass
+class Capture:
+    """What an Execute produced, before it is sent."""
+    columns: list[tuple[str, int]] | None = None
+    rows: list[list[Value]] = field(default_factory=list)
+    tag: str | None = None
 
 
 @dataclass
 class Portal:
     prepared: Prepared
     params: list[Value]
-    result_formats: list[int]
-    cols: list[tuple[str, int]] | None = None
-    rows: list[list[Value]] | None = None   # computed, not yet sent (None: not run yet)
-    command: str = "SELECT"                 # "SELECT" (tag counts rows) or "SHOW"
-    done: bool = False
-
-    def tag(self, n: int) -> str:
-        return "SHOW" if self.command == "SHOW" else f"SELECT {n}"
+    formats: list[int]           # result format per column (filled on first Describe/Execute)
+    format_codes: list[int]      # as Bind gave them
+    result: Capture | None = None
+    sent: int = 0                # rows already sent
 
 
-def param_types(stmt: Stmt | None, declared: list[int]) -> list[int]:
-    """One type per $n up to the highest used (or declared), as PostgreSQL counts them; an undeclared
-    ``$n::type`` takes that type (its inference for casts), any other stays 0 (described as text)."""
-    top = len(declared)
-    inferred: dict[int, int] = {}
-    todo: list[Any] = [stmt] if stmt is not None else []
-    while todo:                            # iterative walk: no recursion on deep trees
-        x = todo.pop()
-        if isinstance(x, Param):
-            top = max(top, x.number)
-        elif isinstance(x, Cast) and isinstance(x.expr, Param):
-            inferred.setdefault(x.expr.number, CAST_TYPES.get(x.typename, 0))
-            todo.append(x.expr)
-        elif isinstance(x, (list, tuple)):
-            todo.extend(x)
-        elif hasattr(x, "__dataclass_fields__"):
-            todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
-    types = list(declared) + [0] * (top - len(declared))
-    return [t or inferred.get(i + 1, 0) for i, t in enumerate(types)]
+class Extended:
+    def __init__(self, session: Session):
+        self.session = session
+        self.statements: dict[str, Prepared] = {}
+        self.portals: dict[str, Portal] = {}
+
+    # ---------------------------------------------------------------- dispatch
+    def handle(self, mtype: bytes, body: bytes) -> Generator[Wait, None, None] | None:
+        """Handle one message; output goes to ``session.out``.  Raises SQLError for an ErrorResponse."""
+        try:
+            r = BodyReader(body)
+            if mtype == b"P":
+                return self.parse(r)
+            if mtype == b"B":
+                return self.bind(r)
+            if mtype == b"D":
+                return self.describe(r)
+            if mtype == b"E":
+                return self.execute(r)
+            if mtype == b"C":
+                return self.close(r)
+            if mtype == b"S":
+                return self.sync()
+            return None          # H (Flush): the connection sends what is pending anyway
+        except ProtocolError as e:
+            raise SQLError("08P01", str(e)) from None
+
+    # ---------------------------------------------------------------- Parse
+    def parse(self, r: BodyReader) -> None:
+        name, text = r.cstr(), r.cstr()
+        types = [r.uint32() for _ in range(r.int16())]
+        r.end()
+        if name and name in self.statements:
+            raise SQLError("42P05", f'prepared statement "{name}" already exists')
+        stmts = parse(text)
+        if len(stmts) > 1:
+            raise SQLError("42601", "cannot insert multiple commands into a prepared statement")
+        st = stmts[0] if stmts else None
+        for t in types:
+            if t and t not in TYPE_NAMES and t not in (INT2, FLOAT4, BPCHAR, VARCHAR):
+                raise SQLError("42704", f"type with OID {t} does not exist")
+        n = max((e.number for e in _params(st)), default=0)
+        types = types + [0] * (n - len(types))
+        inferred = _cast_types(st)          # an undeclared $n::type takes that type, as PostgreSQL infers it
+        types = [t or inferred.get(i + 1, 0) for i, t in enumerate(types)]
+        self.statements[name] = Prepared(text, st, types)
+        self.session.send(P.parse_complete())
+
+    # ---------------------------------------------------------------- Bind
+    def bind(self, r: BodyReader) -> None:
+        portal_name, stmt_name = r.cstr(), r.cstr()
+        codes = [r.int16() for _ in range(r.int16())]
+        raw: list[bytes | None] = []
+        for _ in range(r.int16()):
+            n = r.int32()
+            raw.append(None if n == -1 else r.raw(n))
+        result_codes = [r.int16() for _ in range(r.int16())]
+        r.end()
+        prep = self._statement(stmt_name)
+        if len(raw) != len(prep.param_types):
+            raise SQLError("08P01", f"bind message supplies {len(raw)} parameters, but prepared statement "
+                                    f'"{stmt_name}" requires {len(prep.param_types)}')
+        if len(codes) not in (0, 1, len(raw)):
+            raise SQLError("08P01", f"bind message has {len(codes)} parameter formats but {len(raw)} parameters")
+        if portal_name and portal_name in self.portals:
+            raise SQLError("42P03", f'cursor "{portal_name}" already exists')
+        params = [self._param(i, v, prep.param_types[i], codes[i] if len(codes) > 1 else codes[0] if codes else 0)
+                  for i, v in enumerate(raw)]
+        self.portals[portal_name] = Portal(prep, params, [], result_codes)
+        self.session.send(P.bind_complete())
+
+    def _param(self, i: int, raw: bytes | None, typ: int, fmt: int) -> Value:
+        if raw is None:
+            return (None, typ if typ and typ not in _TEXT_LIKE else UNKNOWN)
+        if fmt == 1:
+            return _decode_binary(i + 1, raw, typ)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SQLError("22021", 'invalid byte sequence for encoding "UTF8"') from None
+        if typ in _TEXT_LIKE:
+            return (text, UNKNOWN)       # as an untyped literal: the statement's context decides
+        if typ in _PARAM_CASTS:
+            return cast((text, UNKNOWN), _PARAM_CASTS[typ])
+        return (text, UNKNOWN)
+
+    # ---------------------------------------------------------------- Describe
+    def describe(self, r: BodyReader) -> None:
+        kind, name = r.byte(), r.cstr()
+        r.end()
+        s = self.session
+        if kind == b"S":
+            prep = self._statement(name)
+            s.send(P.parameter_description([t if t else TEXT for t in prep.param_types]))
+            cols = self._columns(prep, [])
+            s.send(P.row_description(cols) if cols is not None else P.no_data())
+        elif kind == b"P":
+            portal = self._portal(name)
+            cols = self._columns(portal.prepared, portal.params)
+            if cols is None:
+                s.send(P.no_data())
+            else:
+                portal.formats = self._formats(portal.format_codes, len(cols))
+                s.send(P.row_description(cols, portal.formats))
+        else:
+            raise SQLError("08P01", f"invalid DESCRIBE message subtype {kind[0]}")
+
+    def _columns(self, prep: Prepared, params: list[Value]) -> list[tuple[str, int]] | None:
+        s = self.session
+        s.bound, s.bound_types = params, prep.param_types
+        try:
+            return s.describe(prep.stmt)
+        finally:
+            s.bound = s.bound_types = None
+
+    @staticmethod
+    def _formats(codes: list[int], n: int) -> list[int]:
+        if len(codes) not in (0, 1, n):
+            raise SQLError("08P01", f"bind message has {len(codes)} result formats but query has {n} columns")
+        if any(c not in (0, 1) for c in codes):
+            raise SQLError("22023", f"unsupported format code: {next(c for c in codes if c not in (0, 1))}")
+        return [codes[i] if len(codes) > 1 else codes[0] if codes else 0 for i in range(n)]
+
+    # ---------------------------------------------------------------- Execute
+    def execute(self, r: BodyReader) -> Generator[Wait, None, None]:
+        name, limit = r.cstr(), r.int32()
+        r.end()
+        portal = self._portal(name)
+        return self._run(portal, limit if limit > 0 else 0)
+
+    def _run(self, portal: Portal, limit: int) -> Generator[Wait, None, None]:
+        s = self.session
+        st = portal.prepared.stmt
+        if st is None:
+            s.send(P.empty_query_response())
+            return
+        if portal.result is None:
+            if s.failed and not st.txn_control:
+                raise SQLError("25P02", "current transaction is aborted, commands ignored until end of "
+                                        "transaction block")
+            s.capture = portal.result = Capture()
+            s.bound, s.bound_types = portal.params, portal.prepared.param_types
+            s._implicit = True       # the implicit transaction lasts until Sync
+            try:
+                yield from s.execute(st)
+            finally:
+                s.capture = s.bound = s.bound_types = None
+            if not portal.formats and portal.result.columns is not None:
+                portal.formats = self._formats(portal.format_codes, len(portal.result.columns))
+        res = portal.result
+        start = portal.sent
+        end = len(res.rows) if not limit else min(len(res.rows), portal.sent + limit)
+        cols = res.columns or []
+        for row in res.rows[portal.sent:end]:
+            s.send(P.data_row([_encode(v, cols[i][1], portal.formats[i]) for i, v in enumerate(row)]))
+        portal.sent = end
+        if limit and end < len(res.rows):
+            s.send(P.portal_suspended())
+        elif res.tag is not None:
+            # PostgreSQL counts the rows of this Execute (after a PortalSuspended: the rest only)
+            tag = f"SELECT {end - start}" if res.columns is not None and res.tag.startswith("SELECT ") else res.tag
+            s.send(P.command_complete(tag))
+
+    # ---------------------------------------------------------------- Close, Sync
+    def close(self, r: BodyReader) -> None:
+        kind, name = r.byte(), r.cstr()
+        r.end()
+        if kind == b"S":
+            self.statements.pop(name, None)
+        elif kind == b"P":
+            self.portals.pop(name, None)
+        else:
+            raise SQLError("08P01", f"invalid CLOSE message subtype {kind[0]}")
+        self.session.send(P.close_complete())
+
+    def sync(self) -> Generator[Wait, None, None]:
+        """End of an extended-protocol batch: commit the implicit transaction; the unnamed portal goes."""
+        s = self.session
+        self.portals.pop("", None)
+        s._implicit = False
+        if not s.block and not s.failed:
+            yield from s._commit()
+
+    def after_error(self) -> None:
+        """An error skips to Sync; the implicit transaction is already rolled back by the session."""
+        self.session._implicit = False
+        self.portals.pop("", None)
+
+    # ---------------------------------------------------------------- lookups
+    def _statement(self, name: str) -> Prepared:
+        prep = self.statements.get(name)
+        if prep is None:
+            raise SQLError("26000", f'prepared statement "{name}" does not exist' if name
+                           else "unnamed prepared statement does not exist")
+        return prep
+
+    def _portal(self, name: str) -> Portal:
+        portal = self.portals.get(name)
+        if portal is None:
+            raise SQLError("34000", f'portal "{name}" does not exist')
+        return portal
 
 
-def formats_for(codes: list[int], n: int) -> list[int]:
-    """Format codes as Bind gives them: none = all text, one = all that, else one per column."""
-    if not codes:
-        return [0] * n
-    if len(codes) == 1:
-        return codes * n
-    if len(codes) != n:
-        raise SQLError("08P01", f"bind message has {len(codes)} result formats but query has {n} columns")
-    return codes
+def _params(st: Stmt | None) -> list[Param]:
+    """Every $n of a statement (its expressions, wherever they stand)."""
+    out: list[Param] = []
+    if st is None:
+        return out
+    for value in vars(st).values():
+        for root in _expressions(value):
+            out.extend(e for e in walk(root) if isinstance(e, Param))
+    return out
 
 
-def decode_param(raw: bytes | None, fmt: int, oid: int) -> tuple[Any, int, str | None]:
-    """A Bind value → (python value, oid, cast to apply or None)."""
-    if raw is None:
-        return None, (oid if oid not in (0,) else UNKNOWN), None
-    if fmt == 0:
-        text = raw.decode("utf-8", "replace")
-        if oid in _TEXTUAL:
-            return text, (UNKNOWN if oid in (0, UNKNOWN) else TEXT), None
-        return text, UNKNOWN, _CAST_OF.get(oid)
-    if fmt != 1:
-        raise SQLError("08P01", f"unsupported format code: {fmt}")
+def _cast_types(st: Stmt | None) -> dict[int, int]:
+    """$n -> the type of a cast applied directly to it ($1::int), for parameters the client left open."""
+    out: dict[int, int] = {}
+    if st is None:
+        return out
+    for value in vars(st).values():
+        for root in _expressions(value):
+            for e in walk(root):
+                if isinstance(e, Cast) and isinstance(e.expr, Param):
+                    out.setdefault(e.expr.number, CAST_TYPES.get(e.typename, 0))
+    return out
+
+
+def _expressions(value: Any) -> list[Any]:
+    """The expressions inside a statement field (lists of rows, (name, expr) pairs, select items)."""
+    stack, found = [value], []
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Expr):
+            found.append(v)
+        elif isinstance(v, SelItem):
+            stack.append(v.expr)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return found
+
+
+def _decode_binary(n: int, raw: bytes, typ: int) -> Value:
+    fmt = {INT2: "!h", INT4: "!i", INT8: "!q", FLOAT4: "!f", FLOAT8: "!d", OID: "!I", XID: "!I",
+           PG_LSN: "!Q"}.get(typ)
     try:
-        if oid in _TEXTUAL:
-            return raw.decode("utf-8"), (UNKNOWN if oid in (0, UNKNOWN) else TEXT), None
-        if oid == INT2:
-            return struct.unpack("!h", raw)[0], INT4, None
-        if oid == INT4:
-            return struct.unpack("!i", raw)[0], INT4, None
-        if oid == INT8:
-            return struct.unpack("!q", raw)[0], INT8, None
-        if oid == BOOL:
-            return struct.unpack("!?", raw)[0], BOOL, None
-        if oid == FLOAT8:
-            return struct.unpack("!d", raw)[0], FLOAT8, None
-        if oid == FLOAT4:
-            return struct.unpack("!f", raw)[0], FLOAT8, None
-        if oid in (OID, XID):
-            return struct.unpack("!I", raw)[0], oid, None
-        if oid == PG_LSN:
-            return struct.unpack("!Q", raw)[0], PG_LSN, None
-        if oid == NUMERIC:
-            return numeric_recv(raw), NUMERIC, None
+        if fmt is not None:
+            (v,) = struct.unpack(fmt, raw)
+            return (v, {INT2: INT4, FLOAT4: FLOAT8}.get(typ, typ))
+        if typ == BOOL:
+            if len(raw) != 1:
+                raise struct.error
+            return (raw != b"\x00", BOOL)
+        if typ in _TEXT_LIKE:
+            return (raw.decode("utf-8"), UNKNOWN)
+        if typ == NUMERIC:
+            return (numeric_recv(raw), NUMERIC)
     except (struct.error, UnicodeDecodeError, InvalidOperation):
-        raise SQLError("22P03", "incorrect binary data format in bind parameter") from None
-    raise SQLError("0A000", f"binary format for parameters of type {oid} is not supported")
+        raise SQLError("22P03", f"incorrect binary data format in bind parameter {n}") from None
+    raise SQLError("0A000", f"binary format of type {TYPE_NAMES.get(typ, typ)} is not supported "
+                            f"(bind parameter {n})")
 
 
-def encode_binary(v: Value) -> bytes | None:
-    """A result value in PostgreSQL's binary send format for its type."""
-    val, oid = v
-    if val is None:
+def _encode(v: Value, col_type: int, fmt: int) -> str | bytes | None:
+    """One result value in its column's format (0 text, 1 binary)."""
+    if v[0] is None:
         return None
-    if oid == INT4:
-        return struct.pack("!i", val)
-    if oid == INT8:
-        return struct.pack("!q", val)
-    if oid == BOOL:
+    if fmt == 0:
+        return to_text(v)
+    val = v[0]
+    if col_type == INT4:
+        return struct.pack("!i", int(val))
+    if col_type == INT8:
+        return struct.pack("!q", int(val))
+    if col_type in (OID, XID):
+        return struct.pack("!I", int(val))
+    if col_type == BOOL:
         return b"\x01" if val else b"\x00"
-    if oid == FLOAT8:
-        return struct.pack("!d", val)
-    if oid in (OID, XID):
-        return struct.pack("!I", val)
-    if oid == PG_LSN:
-        return struct.pack("!Q", val)
-    if oid == TIMESTAMPTZ:
-        return struct.pack("!q", val - _PG_EPOCH_US)
-    if oid == INTERVAL:
-        return struct.pack("!qii", val, 0, 0)
-    if oid == NUMERIC:
-        return numeric_send(str(val))
-    if oid in _TEXTUAL:
-        return str(val).encode("utf-8")
-    raise SQLError("0A000", f"binary output format for type {oid} is not supported")
+    if col_type == FLOAT8:
+        return struct.pack("!d", float(val))
+    if col_type == PG_LSN:
+        return struct.pack("!Q", val if isinstance(val, int) else parse_lsn(str(val)))
+    if col_type == TIMESTAMPTZ:
+        return struct.pack("!q", int(val) - POSTGRES_EPOCH_US)
+    if col_type == INTERVAL:
+        return struct.pack("!qii", int(val), 0, 0)
+    if col_type in (TEXT, NAME, UNKNOWN, VARCHAR, BPCHAR):
+        return (to_text(v) or "").encode("utf-8")
+    if col_type == NUMERIC:
+        return numeric_send(to_text(v) or "0")
+    raise SQLError("0A000", f"binary output of type {TYPE_NAMES.get(col_type, col_type)} is not supported")
 
 
 def numeric_send(text: str) -> bytes:
-    """PostgreSQL's numeric binary format: ndigits, weight, sign, dscale, base-10000 digits."""
+    """PostgreSQL's numeric binary format: ndigits, weight, sign, dscale, then base-10000 digits."""
     d = Decimal(text)
     if d.is_nan():
         return struct.pack("!hhHh", 0, 0, 0xC000, 0)
@@ -180,179 +376,18 @@ def numeric_send(text: str) -> bytes:
         groups.pop()
     if not groups:
         weight = 0
-    sign = 0x4000 if d < 0 else 0
-    return struct.pack(f"!hhHh{len(groups)}h", len(groups), weight, sign, dscale, *groups)
+    return struct.pack(f"!hhHh{len(groups)}h", len(groups), weight, 0x4000 if d < 0 else 0, dscale, *groups)
 
 
 def numeric_recv(raw: bytes) -> str:
+    """The text of a numeric in binary format (as numeric_send writes it)."""
     ndigits, weight, sign, dscale = struct.unpack_from("!hhHh", raw)
     if sign == 0xC000:
         return "NaN"
+    if sign not in (0, 0x4000) or len(raw) != 8 + 2 * ndigits:
+        raise struct.error
     digits = struct.unpack_from(f"!{ndigits}h", raw, 8)
     v = sum((Decimal(g).scaleb(4 * (weight - i)) for i, g in enumerate(digits)), Decimal(0))
     text = format(v.quantize(Decimal(1).scaleb(-dscale)), "f")
-    return ("-" + text) if sign == 0x4000 else text
+    return "-" + text if sign == 0x4000 else text
 
-
-class ExtendedProtocol:
-    """Mixed into backend/sql.py's Session: the statements, portals and message handlers."""
-
-    statements: dict[str, Prepared]
-    portals: dict[str, Portal]
-    skipping: bool                    # after an error: ignore messages up to Sync
-    portal: Portal | None             # the portal being executed (rows go to it, not to the wire)
-
-    def init_extended(self) -> None:
-        self.statements, self.portals = {}, {}
-        self.skipping = False
-        self.portal = None
-
-    # -- dispatch
-    def extended_message(self, mtype: bytes, body: bytes) -> Generator[Any, None, bool]:
-        """Handle one P/B/D/E/C/S/H message; returns True if ReadyForQuery must follow (Sync)."""
-        if mtype == b"S":
-            self.skipping = False
-            if not self.block and self.txn is None and not self.failed:
-                self.portals.clear()           # the transaction ended: its portals go
-            return True
-        if mtype == b"H" or self.skipping:
-            return False
-        try:
-            if mtype == b"P":
-                self.on_parse(P.decode_parse(body))
-            elif mtype == b"B":
-                self.on_bind(P.decode_bind(body))
-            elif mtype == b"D":
-                self.on_describe(*P.decode_describe(body))
-            elif mtype == b"E":
-                yield from self.on_execute(*P.decode_execute(body))
-            elif mtype == b"C":
-                kind, name = P.decode_describe(body)
-                (self.statements if kind == "S" else self.portals).pop(name, None)
-                self.send(P.close_complete())
-        except ProtocolError as e:
-            self._fail(SQLError("08P01", str(e)))
-            self.skipping = True
-        except (SQLError, RecursionError) as e:
-            self.portal = None
-            self._fail(e if isinstance(e, SQLError) else stack_depth_error())
-            self.skipping = True
-        return False
-
-    def forget_unnamed_statement(self) -> None:
-        """A simple Query destroys the unnamed statement (and portal), as PostgreSQL."""
-        self.statements.pop("", None)
-        self.portals.pop("", None)
-
-    # -- Parse
-    def on_parse(self, m: P.ParseMsg) -> None:
-        if m.name and m.name in self.statements:
-            raise SQLError("42P05", f'prepared statement "{m.name}" already exists')
-        stmts = parse(m.query)
-        if len(stmts) > 1:
-            raise SQLError("42601", "cannot insert multiple commands into a prepared statement")
-        stmt = stmts[0] if stmts else None
-        self.statements[m.name] = Prepared(m.query, stmt, param_types(stmt, list(m.param_types)))
-        self.send(P.parse_complete())
-
-    def _statement(self, name: str) -> Prepared:
-        ps = self.statements.get(name)
-        if ps is None:
-            raise SQLError("26000", f'prepared statement "{name}" does not exist' if name
-                           else "unnamed prepared statement does not exist")
-        return ps
-
-    # -- Bind
-    def on_bind(self, m: P.BindMsg) -> None:
-        ps = self._statement(m.statement)
-        if len(m.values) != len(ps.param_types):
-            raise SQLError("08P01", f"bind message supplies {len(m.values)} parameters, but prepared statement "
-                                    f'"{m.statement}" requires {len(ps.param_types)}')
-        if m.portal and m.portal in self.portals:
-            raise SQLError("42P03", f'cursor "{m.portal}" already exists')
-        if self.failed and not (ps.stmt is not None and ps.stmt.txn_control):
-            raise SQLError("25P02", "current transaction is aborted, commands ignored until end of "
-                                    "transaction block")
-        fmts = formats_for(m.param_formats, len(m.values))
-        params: list[Value] = []
-        for raw, fmt, oid in zip(m.values, fmts, ps.param_types):
-            val, typ, cast_to = decode_param(raw, fmt, oid)
-            params.append(self.cast_param((val, typ), cast_to) if cast_to and val is not None else (val, typ))
-        self.portals[m.portal] = Portal(ps, params, list(m.result_formats))
-        self.send(P.bind_complete())
-
-    # -- Describe
-    def _row_shape(self, stmt: Stmt | None, params: list[Value], types: list[int]) -> list[tuple[str, int]] | None:
-        if not isinstance(stmt, (Select, Show)):
-            return None
-        saved = self.bound, self.param_types
-        self.bound, self.param_types = params, types
-        try:
-            return self.result_columns(stmt)
-        finally:
-            self.bound, self.param_types = saved
-
-    def on_describe(self, kind: str, name: str) -> None:
-        if kind == "S":
-            ps = self._statement(name)
-            types = [t or TEXT for t in ps.param_types]
-            self.send(P.parameter_description(types))
-            cols = self._row_shape(ps.stmt, [], ps.param_types)
-            self.send(P.row_description(cols) if cols is not None else P.no_data())
-        elif kind == "P":
-            portal = self.portals.get(name)
-            if portal is None:
-                raise SQLError("34000", f'portal "{name}" does not exist')
-            ps = portal.prepared
-            cols = self._row_shape(ps.stmt, portal.params, [v[1] for v in portal.params])
-            if cols is None:
-                self.send(P.no_data())
-            else:
-                self.send(P.row_description(cols, formats_for(portal.result_formats, len(cols))))
-        else:
-            raise SQLError("08P01", f"invalid DESCRIBE message subtype {ord(kind[:1] or ' ')}")
-
-    # -- Execute
-    def on_execute(self, name: str, max_rows: int) -> Generator[Any, None, None]:
-        portal = self.portals.get(name)
-        if portal is None:
-            raise SQLError("34000", f'portal "{name}" does not exist')
-        st = portal.prepared.stmt
-        if st is None:
-            self.send(P.empty_query_response())
-            return
-        if portal.done:                    # fetched to the end already: PostgreSQL answers an empty tag
-            self.send(P.command_complete("SELECT 0" if isinstance(st, Select) else ""))
-            return
-        if portal.rows is None:
-            if self.failed and not st.txn_control:
-                raise SQLError("25P02", "current transaction is aborted, commands ignored until end of "
-                                        "transaction block")
-            self.bound, self.param_types = portal.params, [v[1] for v in portal.params]
-            self.portal = portal
-            try:
-                yield from self.execute(st)
-            finally:
-                self.portal = None
-                self.bound, self.param_types = [], []
-            if portal.rows is None:            # not a row-returning statement: it ran to completion
-                portal.done = True
-                if not self.block:
-                    yield from self._commit()
-                return
-        self._send_rows(portal, max_rows)
-        if portal.done and not self.block:
-            yield from self._commit()
-
-    def _send_rows(self, portal: Portal, max_rows: int) -> None:
-        rows = portal.rows or []
-        batch = rows if max_rows <= 0 else rows[:max_rows]
-        fmts = formats_for(portal.result_formats, len(portal.cols or []))
-        for vals in batch:
-            self.send(P.data_row([self.to_wire(v) if f == 0 else encode_binary(v) for v, f in zip(vals, fmts)]))
-        portal.rows = rows[len(batch):]
-        if max_rows > 0 and portal.rows:
-            self.send(P.portal_suspended())
-            return
-        portal.done = True
-        self.send(P.command_complete(portal.tag(len(batch))))

@@ -1,7 +1,8 @@
-"""The statement and expression tree the executor runs, and the type OIDs it speaks.
+"""The statement and expression tree the executor runs (backend/sql.py), built from PostgreSQL's own parse
+tree by backend/parse.py, and the type OIDs both use.
 
-``backend/parse.py`` builds these from PostgreSQL's own parse tree (pglast); ``backend/sql.py``
-executes them.  Plain dataclasses, no behaviour: a statement is data.
+Only what the backend executes has a node here; everything else PostgreSQL parses is refused by
+backend/parse.py with 0A000 before it reaches the executor.
 """
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ SERVER_VERSION = "15.0 (walswitch)"
 
 Value = tuple[Any, int]          # (python value, type oid); None is SQL NULL
 
-# ---------------------------------------------------------------------------
-# syntax tree
 
 class Expr:
     pass
@@ -150,30 +149,20 @@ class SetStmt(Stmt):
     tag: str = "SET"
 
 
+@dataclass
+class Checkpoint(Stmt):
+    pass
+
 
 @dataclass
 class Param(Expr):
-    """``$n`` of the extended query protocol (1-based); bound values live in the session."""
-    number: int
-
-
-@dataclass
-class Unsupported(Stmt):
-    """A statement PostgreSQL parses that we do not execute: 0A000 naming it."""
-    tag: str
+    """``$n`` of the extended query protocol; its value comes from Bind."""
+    number: int                  # 1-based
 
 
 @dataclass
 class InList(Expr):
-    """``expr [NOT] IN (a, b, ...)`` kept flat, so a huge IN list is no deep tree."""
+    """``expr [NOT] IN (a, b, ...)``."""
     expr: Expr
     items: list[Expr]
-    negated: bool
-
-
-@dataclass
-class Utility(Stmt):
-    """A statement executed by backend/sql.py's UTILITY table (by pglast node name), else 0A000."""
-    kind: str                    # pglast node name, e.g. "CheckPointStmt", "CreateRoleStmt"
-    node: dict
-    tag: str                     # what PostgreSQL calls it, e.g. "CREATE INDEX"
+    negated: bool = False

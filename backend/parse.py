@@ -1,367 +1,426 @@
-"""PostgreSQL's own parser (libpg_query through pglast) → the statement tree of backend/nodes.py.
+"""SQL text -> the executor's statements (backend/nodes.py), through PostgreSQL's own parser.
 
-Every Query string and every Parse message goes through ``parse``: pglast's JSON output of
-PostgreSQL 15's grammar (``pglast.parser.parse_sql_json``, measured ~5x cheaper than building its
-object tree, which matters on the commit path), decoded with ``json.loads``, then converted here.
-So syntax errors are PostgreSQL's own, with the error position (1-based character offset, which
-psql turns into its ``LINE 1: ... ^`` caret), and every statement PostgreSQL parses at least parses:
-what we do not execute becomes ``Utility`` (dispatched by node name in backend/sql.py's ``UTILITY``)
-or ``Unsupported`` (0A000 naming it).
+The grammar is PostgreSQL 15's, through ``pglast`` (the binding of libpg_query): syntax errors carry
+PostgreSQL's message and the error position (psql draws its ``LINE 1: ... ^`` caret from it), and any
+statement PostgreSQL parses parses here too.  What parses but is not executed by walswitch gets
+``0A000 <command> is not supported``; this module is the one place that decides it.
 
-Depth: the grammar itself refuses absurd nesting ("memory exhausted", as PostgreSQL); what it
-accepts is converted with an explicit depth bound (``MAX_DEPTH``), past which we answer as
-PostgreSQL does when its stack runs out (54001), so the executor's recursive evaluation stays bounded.
+Why JSON and not pglast's object tree: ``pglast.parse_sql`` costs about 81 µs for the INSERT of a
+commit, ``parser.parse_sql_json`` + ``json.loads`` about 11 µs (this machine, 5,000 runs).  libpg_query
+15's JSON writer omits an ``Integer`` whose value is not positive (``SELECT -3`` gives ``"ival": {}``),
+so such a constant is read back from the statement text at its location (``_nonpositive_int``).
+
+Depth: PostgreSQL answers ``54001 stack depth limit exceeded`` for expressions nested deeper than its
+2 MB ``max_stack_depth`` allows (between 4,000 and 5,000 chained ``+`` in PostgreSQL 15 on x86-64); its
+grammar itself stops at 10,000 nested parentheses (``memory exhausted``, 42601, from pglast too).  The
+parse tree's nesting is measured on the JSON text before it is decoded, and over MAX_TREE_DEPTH
+(2 JSON levels per operator) the statement gets 54001; below it, decoding, translating and evaluating
+recurse at most that deep, under RECURSION_LIMIT (Python 3.11 calls between Python functions do not use
+the C stack).
 """
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from pglast import parser as pg_parser
 
-from backend.nodes import (BOOL, INT4, INT8, NUMERIC, TEXT, UNKNOWN, Begin, BinOp, Cast, ColRef, Commit,
-                           Const, Delete, Expr, Func, InList, Insert, IsNull, Param, Rollback, Select, SelItem,
-                           SetStmt, Show, Stmt, UnOp, Unsupported, Update, Utility)
+from backend.nodes import (BOOL, INT4, INT8, NUMERIC, TEXT, UNKNOWN, Begin, BinOp, Cast, Checkpoint, ColRef,
+                           Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param, Rollback, Select,
+                           SelItem, SetStmt, Show, Stmt, UnOp, Update)
 from libpq.protocol import SQLError
 
-MAX_DEPTH = 400        # expression nesting we evaluate; deeper: 54001 like PostgreSQL past max_stack_depth (its
-                       # 2MB stack reaches ~4,000 levels; json.loads at the default recursion limit ~480)
+MAX_TREE_DEPTH = 9000          # JSON nesting levels; 4,500 chained operators
+RECURSION_LIMIT = MAX_TREE_DEPTH + 2000
+STACK_DEPTH_HINT = ('Increase the configuration parameter "max_stack_depth" (currently 2048kB), after '
+                    "ensuring the platform's stack depth limit is adequate.")
 
 Node = dict[str, Any]
 
-
-def stack_depth_error() -> SQLError:
-    return SQLError("54001", "stack depth limit exceeded",
-                    hint='Increase the configuration parameter "max_stack_depth" (currently 2048kB), '
-                         "after ensuring the platform's stack depth limit is adequate.")
-
-
-def raw_parse(sql: str) -> list[tuple[str, Node]]:
-    """PostgreSQL's raw parse: [(node name, node)] per statement; SQLError 42601 with position."""
-    try:
-        text = pg_parser.parse_sql_json(sql)
-    except pg_parser.ParseError as e:
-        msg, loc = (e.args + (None,))[:2]
-        pos = (loc + 1) if isinstance(loc, int) else len(sql) + 1
-        raise SQLError("42601", str(msg), position=pos) from None
-    try:
-        tree = json.loads(text)
-    except RecursionError:
-        raise stack_depth_error() from None
-    out = []
-    for raw in tree.get("stmts", ()):
-        ((name, node),) = raw["stmt"].items()
-        out.append((name, node))
-    return out
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')     # unrolled: linear in the string's length
+_BRACKETS = re.compile(r"[\[\]{}]")
+_NEG_INT = re.compile(rb"(?:[\s(\-]|/\*.*?\*/)*(\d+)", re.S)
 
 
 def parse(sql: str) -> list[Stmt]:
-    """Parse a whole query string (all statements) or raise SQLError (nothing runs on error)."""
-    return [convert(name, node) for name, node in raw_parse(sql)]
+    """All statements of a query string, or SQLError (42601 syntax, 0A000 unsupported, 54001 depth)."""
+    try:
+        text = pg_parser.parse_sql_json(sql)
+    except pg_parser.ParseError as e:
+        message, location = e.args[0], e.args[1] if len(e.args) > 1 else None
+        raise SQLError("42601", message, position=_error_position(sql, location)) from None
+    if len(text) > 2 * MAX_TREE_DEPTH and _json_depth(text) > MAX_TREE_DEPTH:
+        raise SQLError("54001", "stack depth limit exceeded", hint=STACK_DEPTH_HINT)
+    if sys.getrecursionlimit() < RECURSION_LIMIT:
+        sys.setrecursionlimit(RECURSION_LIMIT)
+    tree = json.loads(text)
+    return [_Translator(sql, raw).statement() for raw in tree.get("stmts", [])]
 
 
-def convert(name: str, node: Node) -> Stmt:
-    builder = STATEMENTS.get(name)
-    if builder is None:
-        return Utility(name, node, statement_tag(name, node))
-    return builder(node)
+def _error_position(sql: str, location: int | None) -> int | None:
+    """PostgreSQL's 1-based character position of a syntax error.
+
+    pglast 5 reports libpg_query's 1-based character cursor minus one, converted as if it were a byte
+    offset into characters; undo that (the same for ASCII, right after multi-byte characters)."""
+    if location is None:            # "at end of input": PostgreSQL points just past the last character
+        return len(sql) + 1
+    return len(sql[:location].encode("utf-8")) + 1
 
 
-# ---------------------------------------------------------------------------
-# statement names (for 0A000 and command tags)
-
-_TAGS = {"IndexStmt": "CREATE INDEX", "CreateStmt": "CREATE TABLE", "ViewStmt": "CREATE VIEW",
-         "CreateTableAsStmt": "CREATE TABLE AS", "DropStmt": "DROP", "TruncateStmt": "TRUNCATE TABLE",
-         "CopyStmt": "COPY", "ExplainStmt": "EXPLAIN", "VacuumStmt": "VACUUM", "LockStmt": "LOCK TABLE",
-         "PrepareStmt": "PREPARE", "ExecuteStmt": "EXECUTE", "DeallocateStmt": "DEALLOCATE",
-         "CreateFunctionStmt": "CREATE FUNCTION", "DoStmt": "DO", "ListenStmt": "LISTEN",
-         "NotifyStmt": "NOTIFY", "UnlistenStmt": "UNLISTEN", "DeclareCursorStmt": "DECLARE CURSOR",
-         "FetchStmt": "FETCH", "ClosePortalStmt": "CLOSE CURSOR", "CreateRoleStmt": "CREATE ROLE",
-         "AlterRoleStmt": "ALTER ROLE", "DropRoleStmt": "DROP ROLE", "GrantStmt": "GRANT",
-         "GrantRoleStmt": "GRANT ROLE", "CreatedbStmt": "CREATE DATABASE", "DropdbStmt": "DROP DATABASE",
-         "AlterTableStmt": "ALTER TABLE", "CreateSchemaStmt": "CREATE SCHEMA", "CheckPointStmt": "CHECKPOINT",
-         "CreateSeqStmt": "CREATE SEQUENCE", "AlterSystemStmt": "ALTER SYSTEM", "DiscardStmt": "DISCARD",
-         "ReindexStmt": "REINDEX", "ClusterStmt": "CLUSTER", "CommentStmt": "COMMENT",
-         "RenameStmt": "ALTER", "CreateExtensionStmt": "CREATE EXTENSION", "MergeStmt": "MERGE",
-         "CallStmt": "CALL", "LoadStmt": "LOAD", "ConstraintsSetStmt": "SET CONSTRAINTS"}
-
-
-def statement_tag(name: str, node: Node) -> str:
-    if name in _TAGS:
-        return _TAGS[name]
-    words = re.findall(r"[A-Z][a-z]*", name.removesuffix("Stmt"))
-    return " ".join(w.upper() for w in words) or name
-
-
-# ---------------------------------------------------------------------------
-# statements
-
-def _relname(rv: Node) -> str:
-    return f"{rv['schemaname']}.{rv['relname']}" if rv.get("schemaname") else rv["relname"]
-
-
-def _unsupported(what: str) -> Unsupported:
-    """A form of a statement we run that we do not run in this form (0A000 "<what> is not supported")."""
-    return Unsupported(what)
-
-
-def _select(n: Node) -> Stmt:
-    if n.get("op", "SETOP_NONE") != "SETOP_NONE":
-        return _unsupported("UNION/INTERSECT/EXCEPT")
-    for clause, what in (("valuesLists", "VALUES"), ("withClause", "WITH"), ("groupClause", "GROUP BY"),
-                         ("havingClause", "HAVING"), ("distinctClause", "SELECT DISTINCT"),
-                         ("intoClause", "SELECT INTO"), ("lockingClause", "SELECT FOR UPDATE"),
-                         ("windowClause", "WINDOW")):
-        if n.get(clause):
-            return _unsupported(what)
-    table = None
-    frm = n.get("fromClause") or []
-    if len(frm) > 1 or (frm and "RangeVar" not in frm[0]):
-        return _unsupported("a FROM clause other than one relation")
-    if frm:
-        table = _relname(frm[0]["RangeVar"])
-    items = []
-    for t in n.get("targetList", []):
-        rt = t["ResTarget"]
-        val = rt["val"]
-        if "ColumnRef" in val and "A_Star" in val["ColumnRef"]["fields"][-1]:
-            items.append(SelItem(None))
+def _json_depth(text: str) -> int:
+    depth = deepest = 0
+    for ch in _BRACKETS.findall(_JSON_STRING.sub('""', text)):
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
         else:
-            items.append(SelItem(expr(val), rt.get("name")))
-    order = []
-    for s in n.get("sortClause", []):
-        sb = s["SortBy"]
-        order.append((expr(sb["node"]), sb.get("sortby_dir") == "SORTBY_DESC"))
-    limit = n.get("limitCount")
-    offset = n.get("limitOffset")
-    return Select(items, table, expr(n["whereClause"]) if n.get("whereClause") else None, order,
-                  expr(limit) if limit is not None else None, expr(offset) if offset is not None else None)
+            depth -= 1
+    return deepest
 
 
-def _value_item(n: Node) -> Expr:
-    if "SetToDefault" in n:
-        return Const(None, TEXT)
-    return expr(n)
+def _only(node: Node) -> tuple[str, Node]:
+    ((kind, body),) = node.items()
+    return kind, body
 
 
-def _insert(n: Node) -> Stmt:
-    if n.get("returningList") or n.get("withClause"):
-        return _unsupported("INSERT ... RETURNING" if n.get("returningList") else "WITH")
-    cols = [c["ResTarget"]["name"] for c in n.get("cols", [])] or None
-    sel = n.get("selectStmt")
-    if sel is None:
-        rows: list[list[Expr]] = [[]]
-    else:
-        s = sel["SelectStmt"]
-        if not s.get("valuesLists"):
-            return _unsupported("INSERT ... SELECT")
-        rows = [[_value_item(x) for x in v["List"]["items"]] for v in s["valuesLists"]]
-    on_conflict = None
-    occ = n.get("onConflictClause")
-    if occ is not None:
-        on_conflict = "nothing" if occ.get("action") == "ONCONFLICT_NOTHING" else "update"
-    return Insert(_relname(n["relation"]), cols, rows, on_conflict)
+def _strings(items: list[Node]) -> list[str]:
+    return [i["String"].get("sval", "") for i in items if "String" in i]
 
 
-def _delete(n: Node) -> Stmt:
-    if n.get("usingClause") or n.get("returningList"):
-        return _unsupported("DELETE ... USING/RETURNING")
-    w = n.get("whereClause")
-    return Delete(_relname(n["relation"]), expr(w) if w else None)
-
-
-def _update(n: Node) -> Stmt:
-    if n.get("fromClause") or n.get("returningList"):
-        return _unsupported("UPDATE ... FROM/RETURNING")
-    sets = []
-    for t in n["targetList"]:
-        rt = t["ResTarget"]
-        if rt.get("indirection"):
-            return _unsupported("UPDATE of a subfield")
-        sets.append((rt["name"], _value_item(rt["val"])))
-    w = n.get("whereClause")
-    return Update(_relname(n["relation"]), sets, expr(w) if w else None)
-
-
-def _transaction(n: Node) -> Stmt:
-    kind = n.get("kind", "TRANS_STMT_BEGIN")
-    if kind in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
-        read_only = False
-        for o in n.get("options", []):
-            d = o["DefElem"]
-            if d.get("defname") == "transaction_read_only":
-                read_only = bool(_const_value(d["arg"]))
-        return Begin(read_only)
-    if kind == "TRANS_STMT_COMMIT":
-        return Commit()
-    if kind == "TRANS_STMT_ROLLBACK":
-        return Rollback()
-    words = {"TRANS_STMT_SAVEPOINT": "SAVEPOINT", "TRANS_STMT_RELEASE": "RELEASE",
-             "TRANS_STMT_ROLLBACK_TO": "ROLLBACK TO SAVEPOINT", "TRANS_STMT_PREPARE": "PREPARE TRANSACTION",
-             "TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED", "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED"}
-    return _unsupported(words.get(kind, kind))
-
-
-def _show(n: Node) -> Stmt:
-    return Show(n["name"].lower())
-
-
-def _const_value(n: Node) -> Any:
-    c = n.get("A_Const", {})
-    for k in ("sval", "ival", "fval", "boolval"):
-        if k in c:
-            return c[k].get(k, 0 if k != "sval" else "")
-    if "TypeCast" in n:
-        return _const_value(n["TypeCast"]["arg"])
-    return None
-
-
-def _set(n: Node) -> Stmt:
-    kind = n.get("kind")
-    name = n.get("name", "").lower()
-    if kind == "VAR_SET_MULTI":                       # SET TRANSACTION ..., SET SESSION CHARACTERISTICS ...
-        return SetStmt(None, None)
-    if kind == "VAR_RESET_ALL":
-        return SetStmt("all", None, tag="RESET")
-    if kind == "VAR_RESET":
-        return SetStmt(name, None, tag="RESET")
-    if kind in ("VAR_SET_DEFAULT", "VAR_SET_CURRENT") or not n.get("args"):
-        return SetStmt(name, None)
-    parts = []
-    for a in n["args"]:
-        v = _const_value(a)
-        if isinstance(v, bool):
-            v = "on" if v else "off"
-        parts.append(str(v))
-    return SetStmt(name, ", ".join(parts))
-
-
-STATEMENTS: dict[str, Callable[[Node], Stmt]] = {
-    "SelectStmt": _select, "InsertStmt": _insert, "DeleteStmt": _delete, "UpdateStmt": _update,
-    "TransactionStmt": _transaction, "VariableShowStmt": _show, "VariableSetStmt": _set,
+# Command names of statements PostgreSQL parses that we do not run, for the 0A000 message.
+_COMMANDS = {
+    "IndexStmt": "CREATE INDEX", "CreateStmt": "CREATE TABLE", "ViewStmt": "CREATE VIEW",
+    "CreateRoleStmt": "CREATE ROLE", "AlterRoleStmt": "ALTER ROLE", "DropRoleStmt": "DROP ROLE",
+    "CopyStmt": "COPY", "VacuumStmt": "VACUUM", "ExplainStmt": "EXPLAIN", "TruncateStmt": "TRUNCATE",
+    "PrepareStmt": "PREPARE", "ExecuteStmt": "EXECUTE", "DeallocateStmt": "DEALLOCATE", "LockStmt": "LOCK",
+    "DoStmt": "DO", "ListenStmt": "LISTEN", "NotifyStmt": "NOTIFY", "GrantStmt": "GRANT",
+    "CreateFunctionStmt": "CREATE FUNCTION", "AlterTableStmt": "ALTER TABLE", "DropStmt": "DROP",
+    "CreatedbStmt": "CREATE DATABASE", "DropdbStmt": "DROP DATABASE", "CreateSchemaStmt": "CREATE SCHEMA",
+    "CreateSeqStmt": "CREATE SEQUENCE", "CreateTableAsStmt": "CREATE TABLE AS", "DeclareCursorStmt":
+    "DECLARE CURSOR", "FetchStmt": "FETCH", "ClosePortalStmt": "CLOSE", "DiscardStmt": "DISCARD",
+    "MergeStmt": "MERGE", "CallStmt": "CALL", "ReindexStmt": "REINDEX", "ClusterStmt": "CLUSTER",
 }
 
 
-# ---------------------------------------------------------------------------
-# expressions
+class _Translator:
+    """One raw statement of the JSON tree -> one Stmt; refuses (0A000) what the executor does not run."""
 
-_SVF = {"SVFOP_CURRENT_TIMESTAMP": "now", "SVFOP_CURRENT_TIMESTAMP_N": "now", "SVFOP_LOCALTIMESTAMP": "now",
-        "SVFOP_LOCALTIMESTAMP_N": "now", "SVFOP_CURRENT_USER": "current_user", "SVFOP_USER": "current_user",
-        "SVFOP_SESSION_USER": "current_user", "SVFOP_CURRENT_ROLE": "current_user",
-        "SVFOP_CURRENT_CATALOG": "current_database"}
-_OPS = {"=", "<>", "!=", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||"}
+    def __init__(self, sql: str, raw: Node):
+        self.sql = sql
+        self.raw = raw
+        self._bytes: bytes | None = None
 
+    # -- helpers
+    def unsupported(self, what: str) -> SQLError:
+        return SQLError("0A000", f"{what} is not supported")
 
-def _typename(tn: Node) -> str:
-    names = [x["String"]["sval"] for x in tn["names"]]
-    name = names[-1]
-    if len(names) == 2 and names[0] == "pg_catalog":
-        return {"int4": "integer", "int8": "bigint", "bool": "boolean", "float8": "float8", "float4": "real",
-                "int2": "smallint", "varchar": "varchar", "bpchar": "text", "timestamptz": "timestamptz",
-                "interval": "interval", "numeric": "numeric", "text": "text"}.get(name, name)
-    return name
+    def source(self) -> bytes:
+        if self._bytes is None:
+            self._bytes = self.sql.encode("utf-8")
+        return self._bytes
 
+    def command_name(self, kind: str) -> str:
+        if kind in _COMMANDS:
+            return _COMMANDS[kind]
+        start = self.raw.get("stmt_location", 0)
+        length = self.raw.get("stmt_len") or len(self.source()) - start
+        words = self.source()[start:start + length].decode("utf-8", "replace").split()
+        if not words:
+            return kind
+        n = 2 if words[0].upper() in ("CREATE", "ALTER", "DROP") and len(words) > 1 else 1
+        return " ".join(w.upper() for w in words[:n])
 
-def _a_const(c: Node) -> Expr:
-    if c.get("isnull"):
-        return Const(None, UNKNOWN)
-    if "ival" in c:
-        return Const(c["ival"].get("ival", 0), INT4)
-    if "fval" in c:
-        s = c["fval"]["fval"]
-        if re.fullmatch(r"-?\d+", s):
-            v = int(s)
-            return Const(v, INT8) if -2 ** 63 <= v < 2 ** 63 else Const(s, NUMERIC)
-        return Const(s, NUMERIC)
-    if "boolval" in c:
-        return Const(bool(c["boolval"].get("boolval", False)), BOOL)
-    if "sval" in c:
-        return Const(c["sval"].get("sval", ""), UNKNOWN)
-    if "bsval" in c:
-        return Const(c["bsval"].get("bsval", ""), UNKNOWN)
-    raise SQLError("0A000", "constant of this kind is not supported")
+    # -- statements
+    def statement(self) -> Stmt:
+        kind, body = _only(self.raw["stmt"])
+        handler = _STATEMENTS.get(kind)
+        if handler is None:
+            raise self.unsupported(self.command_name(kind))
+        return handler(self, body)
 
+    def relation(self, rv: Node) -> str:
+        name = rv["relname"]
+        return f'{rv["schemaname"]}.{name}' if rv.get("schemaname") else name
 
-def expr(n: Node, depth: int = 0) -> Expr:
-    """Convert an expression node; recursion is bounded by MAX_DEPTH (54001 past it)."""
-    if depth > MAX_DEPTH:
-        raise stack_depth_error()
-    d = depth + 1
-    ((kind, v),) = n.items()
-    if kind == "A_Const":
-        return _a_const(v)
-    if kind == "ColumnRef":
-        f = v["fields"]
-        if "A_Star" in f[-1]:
+    def select(self, b: Node) -> Select:
+        if b.get("op", "SETOP_NONE") != "SETOP_NONE":
+            raise self.unsupported("UNION/INTERSECT/EXCEPT")
+        for clause, what in (("valuesLists", "VALUES"), ("groupClause", "GROUP BY"), ("havingClause", "HAVING"),
+                             ("windowClause", "WINDOW"), ("withClause", "WITH"), ("intoClause", "SELECT INTO"),
+                             ("lockingClause", "FOR UPDATE/SHARE"), ("distinctClause", "DISTINCT")):
+            if b.get(clause):
+                raise self.unsupported(what)
+        items = []
+        for t in b.get("targetList", []):
+            rt = t["ResTarget"]
+            val = rt["val"]
+            if "ColumnRef" in val and "A_Star" in val["ColumnRef"]["fields"][-1]:
+                items.append(SelItem(None))
+            else:
+                items.append(SelItem(self.expr(val), rt.get("name")))
+        st = Select(items)
+        frm = b.get("fromClause", [])
+        if len(frm) > 1:
+            raise self.unsupported("a FROM list of more than one table")
+        if frm:
+            kind, rv = _only(frm[0])
+            if kind != "RangeVar":
+                raise self.unsupported("this FROM item")
+            st.table = self.relation(rv)
+        if "whereClause" in b:
+            st.where = self.expr(b["whereClause"])
+        for s in b.get("sortClause", []):
+            sb = s["SortBy"]
+            st.order.append((self.expr(sb["node"]), sb.get("sortby_dir") == "SORTBY_DESC"))
+        if "limitCount" in b and not b["limitCount"].get("A_Const", {}).get("isnull"):
+            st.limit = self.expr(b["limitCount"])
+        if "limitOffset" in b:
+            st.offset = self.expr(b["limitOffset"])
+        return st
+
+    def insert(self, b: Node) -> Insert:
+        for clause, what in (("returningList", "RETURNING"), ("withClause", "WITH")):
+            if b.get(clause):
+                raise self.unsupported(what)
+        cols = [c["ResTarget"]["name"] for c in b["cols"]] if b.get("cols") else None
+        rows: list[list[Expr]] = [[]]
+        if "selectStmt" in b:
+            sel = b["selectStmt"]["SelectStmt"]
+            if not sel.get("valuesLists"):
+                raise self.unsupported("INSERT ... SELECT")
+            rows = [[self.expr_or_default(e) for e in v["List"]["items"]] for v in sel["valuesLists"]]
+        on_conflict = None
+        if "onConflictClause" in b:
+            on_conflict = "nothing" if b["onConflictClause"]["action"] == "ONCONFLICT_NOTHING" else "update"
+        return Insert(self.relation(b["relation"]), cols, rows, on_conflict)
+
+    def delete(self, b: Node) -> Delete:
+        for clause, what in (("usingClause", "DELETE ... USING"), ("returningList", "RETURNING"),
+                             ("withClause", "WITH")):
+            if b.get(clause):
+                raise self.unsupported(what)
+        return Delete(self.relation(b["relation"]), self.expr(b["whereClause"]) if "whereClause" in b else None)
+
+    def update(self, b: Node) -> Update:
+        for clause, what in (("fromClause", "UPDATE ... FROM"), ("returningList", "RETURNING"),
+                             ("withClause", "WITH")):
+            if b.get(clause):
+                raise self.unsupported(what)
+        sets = []
+        for t in b.get("targetList", []):
+            rt = t["ResTarget"]
+            if rt.get("indirection"):
+                raise self.unsupported("assignment to a field or subscript")
+            sets.append((rt["name"], self.expr_or_default(rt["val"])))
+        return Update(self.relation(b["relation"]), sets,
+                      self.expr(b["whereClause"]) if "whereClause" in b else None)
+
+    def transaction(self, b: Node) -> Stmt:
+        kind = b["kind"]
+        if kind in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
+            read_only = False
+            for o in b.get("options", []):
+                d = o["DefElem"]
+                if d["defname"] == "transaction_read_only":
+                    read_only = bool(self.const_value(d.get("arg")))
+            return Begin(read_only)
+        if kind == "TRANS_STMT_COMMIT":
+            return Commit()
+        if kind == "TRANS_STMT_ROLLBACK":
+            return Rollback()
+        names = {"TRANS_STMT_SAVEPOINT": "SAVEPOINT", "TRANS_STMT_RELEASE": "RELEASE",
+                 "TRANS_STMT_ROLLBACK_TO": "ROLLBACK TO SAVEPOINT", "TRANS_STMT_PREPARE": "PREPARE TRANSACTION",
+                 "TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED",
+                 "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED"}
+        raise self.unsupported(names.get(kind, kind))
+
+    def show(self, b: Node) -> Show:
+        return Show(b["name"].lower())
+
+    def set(self, b: Node) -> SetStmt:
+        kind = b["kind"]
+        if kind == "VAR_SET_MULTI":
+            return SetStmt(None, None)
+        if kind == "VAR_RESET_ALL":
+            return SetStmt("all", None, tag="RESET")
+        name = b.get("name", "").lower()
+        if kind == "VAR_RESET":
+            return SetStmt(name, None, tag="RESET")
+        if kind in ("VAR_SET_DEFAULT", "VAR_SET_CURRENT"):
+            return SetStmt(name, None)
+        return SetStmt(name, ", ".join(self.set_arg(a) for a in b.get("args", [])))
+
+    def set_arg(self, node: Node) -> str:
+        kind, body = _only(node)
+        if kind == "A_Const":
+            v = self.const_value(node)
+            return "true" if v is True else "false" if v is False else str(v)
+        if kind == "TypeCast":
+            return self.set_arg(body["arg"])
+        raise self.unsupported("this SET value")
+
+    def checkpoint(self, b: Node) -> Checkpoint:
+        return Checkpoint()
+
+    # -- expressions
+    def expr_or_default(self, node: Node) -> Expr:
+        if "SetToDefault" in node:
+            return Const(None, TEXT)
+        return self.expr(node)
+
+    def expr(self, node: Node) -> Expr:
+        kind, body = _only(node)
+        handler = _EXPRESSIONS.get(kind)
+        if handler is None:
+            raise self.unsupported(_EXPR_NAMES.get(kind, kind))
+        return handler(self, body)
+
+    def const_value(self, node: Node | None) -> Any:
+        if node is None:
+            return None
+        kind, b = _only(node)
+        if kind == "Boolean":
+            return bool(b.get("boolval"))
+        if kind != "A_Const":
+            return None
+        if "ival" in b:
+            return b["ival"].get("ival") or self._nonpositive_int(b.get("location", -1))
+        if "sval" in b:
+            return b["sval"].get("sval", "")
+        if "fval" in b:
+            return b["fval"]["fval"]
+        if "boolval" in b:
+            return bool(b["boolval"].get("boolval"))
+        return None
+
+    def _nonpositive_int(self, location: int) -> int:
+        """An Integer constant that libpg_query's JSON left out: 0, or a folded negative literal."""
+        m = _NEG_INT.match(self.source(), max(location, 0))
+        if m is None:
+            return 0
+        return -int(m.group(1))
+
+    def a_const(self, b: Node) -> Expr:
+        if b.get("isnull"):
+            return Const(None, UNKNOWN)
+        if "ival" in b:
+            v = b["ival"].get("ival") or self._nonpositive_int(b.get("location", -1))
+            return Const(v, INT4)
+        if "fval" in b:
+            s = b["fval"]["fval"]
+            if re.fullmatch(r"-?\d+", s):
+                v = int(s)
+                return Const(v, INT4 if -2 ** 31 <= v < 2 ** 31 else INT8 if -2 ** 63 <= v < 2 ** 63 else NUMERIC)
+            return Const(s, NUMERIC)
+        if "sval" in b:
+            return Const(b["sval"].get("sval", ""), UNKNOWN)
+        if "boolval" in b:
+            return Const(bool(b["boolval"].get("boolval")), BOOL)
+        raise self.unsupported("bit string constants")
+
+    def column_ref(self, b: Node) -> Expr:
+        fields = b["fields"]
+        if any("A_Star" in f for f in fields):
             raise SQLError("42601", 'syntax error at or near "*"')
-        names = [x["String"]["sval"] for x in f]
-        return ColRef(names[-1], ".".join(names[:-1]) or None)
-    if kind == "ParamRef":
-        return Param(v["number"])
-    if kind == "TypeCast":
-        return Cast(expr(v["arg"], d), _typename(v["typeName"]))
-    if kind == "FuncCall":
-        name = v["funcname"][-1]["String"]["sval"]
-        if v.get("over") or v.get("agg_filter") or v.get("agg_order"):
-            raise SQLError("0A000", f"{name}() with OVER/FILTER/ORDER BY is not supported")
-        return Func(name, [expr(a, d) for a in v.get("args", [])], star=bool(v.get("agg_star")))
-    if kind == "A_Expr":
-        return _a_expr(v, d)
-    if kind == "BoolExpr":
-        op = v["boolop"]
-        args = [expr(a, d) for a in v["args"]]
-        if op == "NOT_EXPR":
+        names = _strings(fields)
+        if len(names) == 1:
+            return ColRef(names[0])
+        return ColRef(names[-1], names[-2])
+
+    def func_call(self, b: Node) -> Expr:
+        for key, what in (("over", "window functions"), ("agg_filter", "FILTER"), ("agg_order", "ordered aggregates"),
+                          ("agg_within_group", "WITHIN GROUP"), ("func_variadic", "VARIADIC")):
+            if b.get(key):
+                raise self.unsupported(what)
+        name = _strings(b["funcname"])[-1]
+        if b.get("agg_star"):
+            return Func(name, [], star=True)
+        return Func(name, [self.expr(a) for a in b.get("args", [])])
+
+    def type_cast(self, b: Node) -> Expr:
+        names = _strings(b["typeName"]["names"])
+        tn = names[-1]
+        if b["typeName"].get("arrayBounds"):
+            raise self.unsupported("array types")
+        return Cast(self.expr(b["arg"]), {"bpchar": "text", "float4": "float8", "int2": "int4",
+                                          "timestamp": "timestamptz"}.get(tn, tn))
+
+    def a_expr(self, b: Node) -> Expr:
+        kind = b["kind"]
+        op = _strings(b.get("name", []))
+        op_name = op[-1] if op else ""
+        if kind == "AEXPR_OP":
+            if "lexpr" not in b:
+                operand = self.expr(b["rexpr"])
+                if op_name == "+":
+                    return operand
+                if op_name == "-":
+                    return UnOp("-", operand)
+                raise self.unsupported(f"prefix operator {op_name}")
+            if op_name not in _BINARY_OPS:
+                raise self.unsupported(f"operator {op_name}")
+            return BinOp(op_name, self.expr(b["lexpr"]), self.expr(b["rexpr"]))
+        if kind == "AEXPR_IN":
+            r = b["rexpr"]
+            items = [self.expr(i) for i in (r["List"]["items"] if "List" in r else r if isinstance(r, list) else [r])]
+            return InList(self.expr(b["lexpr"]), items, negated=op_name == "<>")
+        raise self.unsupported(_AEXPR_NAMES.get(kind, kind))
+
+    def bool_expr(self, b: Node) -> Expr:
+        args = [self.expr(a) for a in b["args"]]
+        if b["boolop"] == "NOT_EXPR":
             return UnOp("not", args[0])
-        word = "and" if op == "AND_EXPR" else "or"
-        e = args[0]
+        op = "and" if b["boolop"] == "AND_EXPR" else "or"
+        out = args[0]
         for a in args[1:]:
-            e = BinOp(word, e, a)
-        return e
-    if kind == "NullTest":
-        return IsNull(expr(v["arg"], d), v.get("nulltesttype") == "IS_NOT_NULL")
-    if kind == "BooleanTest":
-        t = v["booltesttype"]
-        arg = expr(v["arg"], d)
-        if t in ("IS_UNKNOWN", "IS_NOT_UNKNOWN"):
-            return IsNull(arg, t == "IS_NOT_UNKNOWN")
-        truth = t in ("IS_TRUE", "IS_NOT_TRUE")
-        return BinOp("is not" if "NOT" in t else "is", arg, Const(truth, BOOL))
-    if kind == "SQLValueFunction":
-        return Func(_SVF.get(v["op"], "now"), [])
-    if kind == "SetToDefault":
-        return Const(None, TEXT)
-    what = {"SubLink": "subqueries", "CaseExpr": "CASE", "CoalesceExpr": "COALESCE", "A_ArrayExpr": "arrays",
-            "RowExpr": "row constructors", "MinMaxExpr": "GREATEST/LEAST", "A_Indirection": "subscripts",
-            "CollateClause": "COLLATE"}.get(kind, kind)
-    raise SQLError("0A000", f"{what} are not supported" if what.endswith("s") else f"{what} is not supported")
+            out = BinOp(op, out, a)
+        return out
+
+    def null_test(self, b: Node) -> Expr:
+        return IsNull(self.expr(b["arg"]), b["nulltesttype"] == "IS_NOT_NULL")
+
+    def boolean_test(self, b: Node) -> Expr:
+        t = b["booltesttype"]
+        if t not in ("IS_TRUE", "IS_NOT_TRUE", "IS_FALSE", "IS_NOT_FALSE"):
+            raise self.unsupported("IS [NOT] UNKNOWN")
+        return BinOp("is not" if "NOT" in t else "is", self.expr(b["arg"]), Const(t.endswith("TRUE"), BOOL))
+
+    def sql_value_function(self, b: Node) -> Expr:
+        op = b["op"]
+        if op in ("SVFOP_CURRENT_TIMESTAMP", "SVFOP_LOCALTIMESTAMP"):
+            return Func("now", [])
+        if op in ("SVFOP_CURRENT_USER", "SVFOP_SESSION_USER", "SVFOP_USER", "SVFOP_CURRENT_ROLE"):
+            return Func("current_user", [])
+        raise self.unsupported(op.replace("SVFOP_", "").lower())
+
+    def param_ref(self, b: Node) -> Expr:
+        n = b.get("number", 0)
+        if n < 1:
+            raise SQLError("42P02", f"there is no parameter ${n}")
+        return Param(n)
 
 
-def _a_expr(v: Node, d: int) -> Expr:
-    kind = v["kind"]
-    op = v["name"][-1]["String"]["sval"]
-    if kind == "AEXPR_IN":
-        left = expr(v["lexpr"], d)
-        rx = v["rexpr"]
-        items = [expr(x, d) for x in (rx["List"]["items"] if "List" in rx else [rx])]
-        neg = op == "<>"
-        return InList(left, items, neg)
-    if kind != "AEXPR_OP" or op not in _OPS:
-        raise SQLError("0A000", f"operator {op} ({kind.removeprefix('AEXPR_').lower()}) is not supported")
-    if op == "!=":
-        op = "<>"
-    if "lexpr" not in v:
-        r = expr(v["rexpr"], d)
-        if op == "+":
-            return r
-        if op == "-":
-            if isinstance(r, Const) and isinstance(r.value, int) and not isinstance(r.value, bool):
-                return Const(-r.value, r.oid)
-            if isinstance(r, Const) and r.oid == NUMERIC:
-                s = str(r.value)
-                return Const(s[1:] if s.startswith("-") else "-" + s, NUMERIC)
-            return UnOp("-", r)
-        raise SQLError("0A000", f"prefix operator {op} is not supported")
-    return BinOp(op, expr(v["lexpr"], d), expr(v["rexpr"], d))
+_BINARY_OPS = {"=", "<>", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "||"}
+_AEXPR_NAMES = {"AEXPR_LIKE": "LIKE", "AEXPR_ILIKE": "ILIKE", "AEXPR_BETWEEN": "BETWEEN",
+                "AEXPR_NOT_BETWEEN": "NOT BETWEEN", "AEXPR_DISTINCT": "IS DISTINCT FROM",
+                "AEXPR_NOT_DISTINCT": "IS NOT DISTINCT FROM", "AEXPR_SIMILAR": "SIMILAR TO",
+                "AEXPR_NULLIF": "NULLIF", "AEXPR_OP_ANY": "ANY", "AEXPR_OP_ALL": "ALL"}
+_EXPR_NAMES = {"SubLink": "subqueries", "CaseExpr": "CASE", "CoalesceExpr": "COALESCE", "A_ArrayExpr": "ARRAY",
+               "RowExpr": "ROW", "MinMaxExpr": "GREATEST/LEAST", "CollateClause": "COLLATE",
+               "A_Indirection": "subscripts", "XmlExpr": "XML", "GroupingFunc": "GROUPING"}
 
+_STATEMENTS: dict[str, Callable[[_Translator, Node], Stmt]] = {
+    "SelectStmt": _Translator.select, "InsertStmt": _Translator.insert, "DeleteStmt": _Translator.delete,
+    "UpdateStmt": _Translator.update, "TransactionStmt": _Translator.transaction,
+    "VariableShowStmt": _Translator.show, "VariableSetStmt": _Translator.set,
+    "CheckPointStmt": _Translator.checkpoint,
+}
+_EXPRESSIONS: dict[str, Callable[[_Translator, Node], Expr]] = {
+    "A_Const": _Translator.a_const, "ColumnRef": _Translator.column_ref, "FuncCall": _Translator.func_call,
+    "TypeCast": _Translator.type_cast, "A_Expr": _Translator.a_expr, "BoolExpr": _Translator.bool_expr,
+    "NullTest": _Translator.null_test, "BooleanTest": _Translator.boolean_test,
+    "SQLValueFunction": _Translator.sql_value_function, "ParamRef": _Translator.param_ref,
+}

@@ -1,8 +1,7 @@
-"""The SQL executor for table ``kv``: statements parsed by PostgreSQL's grammar (backend/parse.py).
+"""The SQL surface: the executor for table ``kv`` (statements parsed by backend/parse.py).
 
 What it owns: the execution of the statements walswitch accepts (DESIGN.md §6),
-their PostgreSQL command tags and error codes, the SQL functions (one table,
-``FUNCS``), utility statements by parse-node name (one table, ``UTILITY``), the per-session transaction
+their PostgreSQL command tags and error codes, the per-session transaction
 state machine (idle / in block / failed, plus PostgreSQL's implicit block for
 a multi-statement Query), and the system views ``pg_stat_replication`` and
 ``pg_stat_wal_receiver``.
@@ -13,8 +12,7 @@ engine to log each change (a KV record), to log a commit (returns a
 ``CommitWait`` the session yields; the backend resumes the session once the
 commit is flushed and applied: group commit), or an abort.
 
-A Query message runs as a generator (``Session.run``), and so does each
-extended-protocol message (``Session.extended_message``, backend/extended.py): it writes protocol
+A Query message runs as a generator (``Session.run``): it writes protocol
 messages into ``Session.out`` and yields a ``Wait`` whenever it must not go
 on before something happens elsewhere (a commit's fsync, a promotion).  The
 whole query string is parsed before anything runs, as PostgreSQL does: a
@@ -22,6 +20,7 @@ syntax error anywhere means no statement of the string executes.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import platform
@@ -32,17 +31,15 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID,
-                           PG_LSN, SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, BinOp, Begin,
-                           Cast, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
-                           Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Unsupported, Update, Utility, Value)
-from backend.extended import ExtendedProtocol
-from backend.parse import parse, stack_depth_error
-from backend.values import as_bool, as_int, as_lsn, as_text, cast, to_text, type_name
+from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN,
+                           SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast,
+                           Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
+                           Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
+from backend.parse import parse
 from libpq import protocol as P
 from libpq.protocol import SQLError
 from utils.config import READ_ONLY, SETTINGS
-from xlog.lsn import segment_name, segno_of
+from xlog.lsn import format_lsn, parse_lsn, segment_name, segno_of
 
 
 
@@ -69,6 +66,155 @@ class Until(Wait):
     """Resume once ``pred()`` is true or the monotonic ``deadline`` passed."""
     pred: Callable[[], bool]
     deadline: float
+
+
+# ---------------------------------------------------------------------------
+# values and formatting
+
+def format_timestamptz(unix_us: int) -> str:
+    """PostgreSQL's timestamptz text in TimeZone UTC: trailing zeros of the fraction dropped."""
+    secs, us = divmod(int(unix_us), 1_000_000)
+    dt = datetime.datetime.fromtimestamp(secs, datetime.timezone.utc)
+    s = dt.strftime("%Y-%m-%d %H:%M:%S")
+    if us:
+        s += ("." + f"{us:06d}").rstrip("0")
+    return s + "+00"
+
+
+def format_interval(us: int) -> str:
+    """An interval of microseconds as PostgreSQL prints it (IntervalStyle postgres)."""
+    neg = us < 0
+    us = abs(int(us))
+    secs, frac = divmod(us, 1_000_000)
+    h, rem = divmod(secs, 3600)
+    m, s = divmod(rem, 60)
+    out = f"{h:02d}:{m:02d}:{s:02d}"
+    if frac:
+        out += ("." + f"{frac:06d}").rstrip("0")
+    return ("-" if neg else "") + out
+
+
+def to_text(v: Value) -> str | None:
+    """Output form of a value (text protocol)."""
+    val, oid = v
+    if val is None:
+        return None
+    if oid == BOOL:
+        return "t" if val else "f"
+    if oid == PG_LSN:
+        return format_lsn(val)
+    if oid == TIMESTAMPTZ:
+        return format_timestamptz(val)
+    if oid == INTERVAL:
+        return format_interval(val)
+    if oid == FLOAT8:
+        f = float(val)
+        if f != f or f in (float("inf"), float("-inf")):
+            return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(f)]
+        return str(int(f)) if f == int(f) and abs(f) < 1e15 else repr(f)
+    return str(val)
+
+
+def as_text(v: Value) -> str | None:
+    """A value cast to text (bool casts to 'true'/'false', as ::text does)."""
+    val, oid = v
+    if val is None:
+        return None
+    if oid == BOOL:
+        return "true" if val else "false"
+    return to_text(v)
+
+
+def _bad_input(typ: str, s: Any) -> SQLError:
+    return SQLError("22P02", f'invalid input syntax for type {typ}: "{s}"')
+
+
+def as_int(v: Value, typ: str = "integer") -> int | None:
+    val, oid = v
+    if val is None:
+        return None
+    if oid in (INT4, INT8, OID, XID) or (isinstance(val, int) and not isinstance(val, bool)):
+        return int(val)
+    if oid in (NUMERIC, FLOAT8):
+        return int(round(float(val)))
+    s = str(val).strip()
+    if not re.fullmatch(r"[-+]?\d+", s):
+        raise _bad_input(typ, val)
+    return int(s)
+
+
+def as_bool(v: Value) -> bool | None:
+    val, oid = v
+    if val is None:
+        return None
+    if oid == BOOL:
+        return bool(val)
+    s = str(val).strip().lower()
+    if s in ("t", "true", "yes", "y", "on", "1"):
+        return True
+    if s in ("f", "false", "no", "n", "off", "0"):
+        return False
+    raise _bad_input("boolean", val)
+
+
+def as_lsn(v: Value) -> int | None:
+    val, oid = v
+    if val is None:
+        return None
+    if oid == PG_LSN:
+        return int(val)
+    try:
+        return parse_lsn(str(val))
+    except ValueError:
+        raise _bad_input("pg_lsn", val) from None
+
+
+def cast(v: Value, typename: str) -> Value:
+    oid = CAST_TYPES.get(typename)
+    if oid is None:
+        raise SQLError("42704", f'type "{typename}" does not exist')
+    val, src = v
+    if val is None:
+        return (None, oid)
+    if oid in (TEXT, NAME):
+        return (as_text(v), oid)
+    if oid in (INT4, INT8, OID, XID):
+        return (as_int(v, TYPE_NAMES[oid]), oid)
+    if oid == BOOL:
+        return (as_bool(v), oid)
+    if oid == PG_LSN:
+        return (as_lsn(v), oid)
+    if oid == NUMERIC:
+        s = to_text(v) if src != UNKNOWN else str(val).strip()
+        if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", s or ""):
+            raise _bad_input("numeric", val)
+        return (s, NUMERIC)
+    if oid == FLOAT8:
+        try:
+            return (float(val), FLOAT8)
+        except (TypeError, ValueError):
+            raise _bad_input("double precision", val) from None
+    if oid == INTERVAL:
+        if src == INTERVAL:
+            return v
+        m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|min|minutes?)?\s*",
+                         str(val))
+        if not m:
+            raise _bad_input("interval", val)
+        mult = {"ms": 1000, "s": 1_000_000, "min": 60_000_000}
+        unit = (m.group(2) or "s")
+        unit = "ms" if unit.startswith("m") and unit not in ("min", "minute", "minutes") else (
+            "min" if unit.startswith("min") else "s")
+        return (int(float(m.group(1)) * mult[unit]), INTERVAL)
+    if oid == TIMESTAMPTZ:
+        if src == TIMESTAMPTZ:
+            return v
+        raise _bad_input("timestamp with time zone", val)
+    return (as_text(v), oid)
+
+
+def type_name(v: Value) -> str:
+    return TYPE_NAMES.get(v[1], "unknown")
 
 
 # ---------------------------------------------------------------------------
@@ -417,8 +563,10 @@ class Txn:
 # ---------------------------------------------------------------------------
 # the session
 
-class Session(ExtendedProtocol):
-    """One client's SQL state; ``run`` executes a Query message, ``extended_message`` the rest."""
+SHOW_ALL_COLUMNS = [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
+
+class Session:
+    """One client's SQL state; ``run`` executes a Query message."""
 
     def __init__(self, engine: Engine, pid: int = 0, params: dict[str, str] | None = None):
         self.engine = engine
@@ -432,13 +580,46 @@ class Session(ExtendedProtocol):
         if self.params.get("application_name"):
             self.gucs["application_name"] = self.params["application_name"]
         self._implicit = False
-        self.bound: list[Value] = []          # $n values of the portal being executed
-        self.param_types: list[int] = []      # their type OIDs (0/UNKNOWN: untyped)
-        self.init_extended()
+        self.capture: Any = None                     # the portal collecting results (backend/extended.py)
+        self.bound: list[Value] | None = None        # $n values of the portal being executed
+        self.bound_types: list[int] | None = None    # their declared types (0: not given)
 
     # -- protocol output
     def send(self, data: bytes) -> None:
         self.out += data
+
+    # Results go through these three, so that a portal (backend/extended.py) can hold them back, limit
+    # them and choose text or binary per column; a simple Query sends them at once.
+    def result_columns(self, cols: list[tuple[str, int]]) -> None:
+        if self.capture is not None:
+            self.capture.columns = cols
+        else:
+            self.send(P.row_description(cols))
+
+    def result_row(self, values: list[Value]) -> None:
+        if self.capture is not None:
+            self.capture.rows.append(values)
+        else:
+            self.send(P.data_row([to_text(v) for v in values]))
+
+    def complete(self, tag: str) -> None:
+        if self.capture is not None:
+            self.capture.tag = tag
+        else:
+            self.send(P.command_complete(tag))
+
+    def describe(self, st: Stmt | None) -> list[tuple[str, int]] | None:
+        """The columns a statement returns (RowDescription), or None (NoData)."""
+        if isinstance(st, Select):
+            return self.select_columns(st)[1]
+        if isinstance(st, Show):
+            return SHOW_ALL_COLUMNS if st.name == "all" else self.show_columns(st)
+        return None
+
+    @staticmethod
+    def show_columns(st: Show) -> list[tuple[str, int]]:
+        return [({"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}.get(
+            st.name, st.name), TEXT)]
 
     def notice(self, message: str, severity: str = "NOTICE", sqlstate: str = "00000") -> None:
         self.send(P.notice_response(message, severity, sqlstate))
@@ -478,11 +659,13 @@ class Session(ExtendedProtocol):
         return t.first_lsn if t is not None and t.xid else None
 
     # -- running a Query message
-    def run(self, sql: str) -> Generator[Wait, None, None]:
-        """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included)."""
-        self.forget_unnamed_statement()
+    def run(self, sql: str, stmts: "list[Stmt] | None" = None) -> Generator[Wait, None, None]:
+        """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included).
+
+        ``stmts``: already parsed (the backend parses very large statements off its loop).
+        """
         try:
-            stmts = parse(sql)
+            stmts = parse(sql) if stmts is None else stmts
         except SQLError as e:
             self._fail(e)
             return
@@ -501,9 +684,6 @@ class Session(ExtendedProtocol):
                         yield from self._commit()
                 except SQLError as e:
                     self._fail(e)
-                    return
-                except RecursionError:         # a last guard: parse.py bounds depth before this
-                    self._fail(stack_depth_error())
                     return
             if not self.block:
                 yield from self._commit()
@@ -535,14 +715,10 @@ class Session(ExtendedProtocol):
             self.exec_show(st)
         elif isinstance(st, SetStmt):
             self.exec_set(st)
-        elif isinstance(st, Utility):
-            handler = UTILITY.get(st.kind)
-            if handler is None:
-                raise SQLError("0A000", f"{st.tag} is not supported")
-            handler(self, st)
-        elif isinstance(st, Unsupported):
-            raise SQLError("0A000", f"{st.tag} is not supported")
-        else:  # pragma: no cover - backend/parse.py makes only the above
+        elif isinstance(st, Checkpoint):
+            self.engine.checkpoint()
+            self.complete("CHECKPOINT")
+        else:  # pragma: no cover - the parser makes only the above
             raise SQLError("0A000", "statement not supported")
 
     # -- transaction control
@@ -552,20 +728,20 @@ class Session(ExtendedProtocol):
         else:
             self.block = True
             self._txn().read_only |= st.read_only
-        self.send(P.command_complete("BEGIN"))
+        self.complete("BEGIN")
 
     def exec_commit(self) -> Generator[Wait, None, None]:
         if self.failed:
             self.failed = self.block = False
             self._abort()
-            self.send(P.command_complete("ROLLBACK"))
+            self.complete("ROLLBACK")
             return
         if self.block or self._implicit:
             self.block = False
             yield from self._commit()
         else:
             self.notice("there is no transaction in progress", "WARNING", "25P01")
-        self.send(P.command_complete("COMMIT"))
+        self.complete("COMMIT")
 
     def exec_rollback(self) -> None:
         if self.failed or self.block or self._implicit:
@@ -573,7 +749,7 @@ class Session(ExtendedProtocol):
             self._abort()
         else:
             self.notice("there is no transaction in progress", "WARNING", "25P01")
-        self.send(P.command_complete("ROLLBACK"))
+        self.complete("ROLLBACK")
 
     # -- settings
     def show_value(self, name: str) -> str | None:
@@ -604,19 +780,23 @@ class Session(ExtendedProtocol):
     def exec_show(self, st: Show) -> None:
         if st.name == "all":
             names = sorted(set(SETTINGS) | set(READ_ONLY) | set(self.gucs))
-            rows = []
+            self.result_columns(SHOW_ALL_COLUMNS)
+            n = 0
             for name in names:
                 v = self.show_value(name)
                 if v is None:
                     continue
                 desc = SETTINGS[name].desc if name in SETTINGS else ""
-                rows.append([(name, TEXT), (v, TEXT), (desc, TEXT)])
-            self.emit_rows(self.result_columns(st), rows, "SHOW")
+                self.result_row([(name, TEXT), (v, TEXT), (desc, TEXT)])
+                n += 1
+            self.complete("SHOW")
             return
         v = self.show_value(st.name)
         if v is None:
             raise SQLError("42704", f'unrecognized configuration parameter "{st.name}"')
-        self.emit_rows(self.result_columns(st), [[(v, TEXT)]], "SHOW")
+        self.result_columns(self.show_columns(st))
+        self.result_row([(v, TEXT)])
+        self.complete("SHOW")
 
     def exec_set(self, st: SetStmt) -> None:
         if st.name == "all":
@@ -626,7 +806,7 @@ class Session(ExtendedProtocol):
                 self.gucs.pop(st.name, None)
             else:
                 self.gucs[st.name] = st.value
-        self.send(P.command_complete(st.tag))
+        self.complete(st.tag)
 
     # -- reading kv (own changes visible)
     @property
@@ -702,10 +882,10 @@ class Session(ExtendedProtocol):
                 continue
             self._write(txn, "put", key, value)
             n += 1
-        self.send(P.command_complete(f"INSERT 0 {n}"))
+        self.complete(f"INSERT 0 {n}")
 
     def _matching_keys(self, where: Expr | None) -> list[tuple[str, str | None]]:
-        key = _key_equality(where, self.bound)
+        key = _key_equality(where)
         if key is not None:
             found, value = self.kv_lookup(key)
             return [(key, value)] if found else []
@@ -724,7 +904,7 @@ class Session(ExtendedProtocol):
         txn = self._check_writable("DELETE")
         for k, _v in matched:
             self._write(txn, "delete", k, None)
-        self.send(P.command_complete(f"DELETE {len(matched)}"))
+        self.complete(f"DELETE {len(matched)}")
 
     def exec_update(self, st: Update) -> None:
         rel = resolve_relation(st.table)
@@ -746,7 +926,7 @@ class Session(ExtendedProtocol):
             if new["key"] != k:
                 self._write(txn, "delete", k, None)
             self._write(txn, "put", new["key"], new["value"])
-        self.send(P.command_complete(f"UPDATE {len(matched)}"))
+        self.complete(f"UPDATE {len(matched)}")
 
     # -- SELECT
     def _check_columns(self, e: Expr | None, rel: str | None) -> None:
@@ -754,7 +934,7 @@ class Session(ExtendedProtocol):
         if e is None:
             return
         names = {c for c, _ in REL_COLUMNS[rel]} if rel else set()
-        for ref in _walk(e):
+        for ref in walk(e):
             if isinstance(ref, ColRef) and ref.name not in names:
                 full = f"{ref.qual}.{ref.name}" if ref.qual else ref.name
                 raise SQLError("42703", f'column "{full}" does not exist')
@@ -793,8 +973,8 @@ class Session(ExtendedProtocol):
         if isinstance(e, (IsNull, InList)):
             return BOOL
         if isinstance(e, Param):
-            t = self.param_types[e.number - 1] if e.number <= len(self.param_types) else UNKNOWN
-            return TEXT if t in (UNKNOWN, 0) else t
+            types = self.bound_types or []
+            return types[e.number - 1] if e.number <= len(types) and types[e.number - 1] else TEXT
         if isinstance(e, UnOp):
             return BOOL if e.op == "not" else self.static_type(e.expr, rel)
         if isinstance(e, BinOp):
@@ -828,8 +1008,8 @@ class Session(ExtendedProtocol):
                 e.typename, e.typename)
         return "?column?"
 
-    def _select_shape(self, st: Select) -> tuple[str | None, list[tuple[str, int]], list[Expr], bool]:
-        """Checks done before any row is read, and the output columns."""
+    def select_columns(self, st: Select) -> tuple[str | None, list[tuple[str, int]], list[Expr], bool]:
+        """Check a SELECT and name its output: (relation, columns, expressions, is an aggregate)."""
         rel = resolve_relation(st.table) if st.table else None
         for item in st.items:
             if item.expr is None and rel is None:
@@ -848,46 +1028,17 @@ class Session(ExtendedProtocol):
                 cols.append((self.column_name(item), self.static_type(item.expr, rel)))
                 exprs.append(item.expr)
         aggregate = any(isinstance(e, Func) and e.name == "count" for e in exprs)
-        return rel, cols, exprs, aggregate
-
-    def result_columns(self, st: Stmt) -> list[tuple[str, int]] | None:
-        """The RowDescription a statement will produce (Describe), or None (NoData)."""
-        if isinstance(st, Select):
-            return self._select_shape(st)[1]
-        if isinstance(st, Show):
-            if st.name == "all":
-                return [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
-            return [(_SHOW_COLUMN.get(st.name, st.name), TEXT)]
-        return None
-
-    def emit_rows(self, cols: list[tuple[str, int]], rows: list[list[Value]], command: str = "SELECT") -> None:
-        """Rows of a statement: to the wire (simple Query) or into the portal being executed."""
-        portal = self.portal
-        if portal is not None:
-            portal.cols, portal.rows, portal.command = cols, rows, command
-            return
-        self.send(P.row_description(cols))
-        for vals in rows:
-            self.send(P.data_row([to_text(v) for v in vals]))
-        self.send(P.command_complete("SHOW" if command == "SHOW" else f"SELECT {len(rows)}"))
-
-    @staticmethod
-    def cast_param(v: Value, typename: str) -> Value:
-        return cast(v, typename)
-
-    @staticmethod
-    def to_wire(v: Value) -> str | None:
-        return to_text(v)
-
-    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
-        rel, cols, exprs, aggregate = self._select_shape(st)
         if aggregate:
             for e in exprs:
                 if not (isinstance(e, Func) and e.name == "count") and any(
-                        isinstance(x, ColRef) for x in _walk(e)):
-                    ref = next(x for x in _walk(e) if isinstance(x, ColRef))
+                        isinstance(x, ColRef) for x in walk(e)):
+                    ref = next(x for x in walk(e) if isinstance(x, ColRef))
                     raise SQLError("42803", f'column "{rel}.{ref.name}" must appear in the GROUP BY clause '
                                             "or be used in an aggregate function")
+        return rel, cols, exprs, aggregate
+
+    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+        rel, cols, exprs, aggregate = self.select_columns(st)
         # rows of the source
         if rel is None:
             src_rows: list[dict[str, Value]] = [{}]
@@ -895,9 +1046,11 @@ class Session(ExtendedProtocol):
             if aggregate and st.where is None and all(
                     isinstance(e, Func) and e.name == "count" and e.star for e in exprs):
                 n = self.kv_count()
-                self.emit_rows(cols, [[(n, INT8)] * len(exprs)])
+                self.result_columns(cols)
+                self.result_row([(n, INT8)] * len(exprs))
+                self.complete("SELECT 1")
                 return
-            key = _key_equality(st.where, self.bound)
+            key = _key_equality(st.where)
             if key is not None:
                 found, value = self.kv_lookup(key)
                 pairs = [(key, value)] if found else []
@@ -935,7 +1088,10 @@ class Session(ExtendedProtocol):
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
-        self.emit_rows(cols, out_rows)
+        self.result_columns(cols)
+        for vals in out_rows:
+            self.result_row(vals)
+        self.complete(f"SELECT {len(out_rows)}")
 
     def _aggregate(self, e: Expr, rows: list[dict[str, Value]]) -> Value:
         if isinstance(e, Func) and e.name == "count":
@@ -980,12 +1136,8 @@ class Session(ExtendedProtocol):
                 full = f"{e.qual}.{e.name}" if e.qual else e.name
                 raise SQLError("42703", f'column "{full}" does not exist')
             return row[e.name]
-        if isinstance(e, Param):
-            return self.param(e.number)
         if isinstance(e, Cast):
             return cast(self.eval(e.expr, row), e.typename)
-        if isinstance(e, InList):
-            return self._in_list(e, row)
         if isinstance(e, Func):
             if e.name == "count":
                 raise SQLError("42803", "aggregate functions are not allowed here")
@@ -1011,26 +1163,26 @@ class Session(ExtendedProtocol):
             return (-as_int(v), v[1] if v[1] in (INT4, INT8) else INT4)
         if isinstance(e, BinOp):
             return self._binop(e, row)
+        if isinstance(e, Param):
+            return self.param_value(e.number)
+        if isinstance(e, InList):
+            return self._in_list(e, row)
         raise SQLError("0A000", "unsupported expression")  # pragma: no cover
 
-    def param(self, n: int) -> Value:
-        if not 1 <= n <= len(self.bound):
+    def param_value(self, n: int) -> Value:
+        if self.bound is None or n > len(self.bound):
             raise SQLError("42P02", f"there is no parameter ${n}")
         return self.bound[n - 1]
 
     def _in_list(self, e: InList, row: dict[str, Value] | None) -> Value:
-        """SQL's IN: true if any item equals, else NULL if any comparison was NULL, else false."""
-        left = self.eval(e.expr, row)
-        saw_null = left[0] is None
-        if not saw_null:
-            for item in e.items:
-                v = self.eval(item, row)
-                if v[0] is None:
-                    saw_null = True
-                    continue
-                x, y = _comparable(left, v)
-                if x == y:
-                    return (not e.negated, BOOL)
+        """PostgreSQL's IN: true on a match, else NULL if anything compared was NULL, else false."""
+        left = Const(*self.eval(e.expr, row))
+        saw_null = left.value is None
+        for item in e.items:
+            hit = self._binop(BinOp("=", left, item), row)[0]
+            if hit:
+                return (not e.negated, BOOL)
+            saw_null |= hit is None
         return (None, BOOL) if saw_null else (e.negated, BOOL)
 
     def _binop(self, e: BinOp, row: dict[str, Value] | None) -> Value:
@@ -1099,35 +1251,29 @@ def _comparable(a: Value, b: Value) -> tuple[Any, Any]:
     return as_text(a), as_text(b)
 
 
-def _walk(e: Expr | None) -> Iterable[Expr]:
-    if e is None:
-        return
-    yield e
-    if isinstance(e, Func):
-        for a in e.args:
-            yield from _walk(a)
-    elif isinstance(e, Cast):
-        yield from _walk(e.expr)
-    elif isinstance(e, BinOp):
-        yield from _walk(e.left)
-        yield from _walk(e.right)
-    elif isinstance(e, (UnOp, IsNull)):
-        yield from _walk(e.expr)
-    elif isinstance(e, InList):
-        yield from _walk(e.expr)
-        for a in e.items:
-            yield from _walk(a)
+def walk(e: Expr | None) -> Iterable[Expr]:
+    """Every node of an expression, parent first; iterative (expressions may nest thousands deep)."""
+    stack = [e] if e is not None else []
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, Func):
+            stack.extend(reversed(e.args))
+        elif isinstance(e, BinOp):
+            stack.append(e.right)
+            stack.append(e.left)
+        elif isinstance(e, InList):
+            stack.extend(reversed(e.items))
+            stack.append(e.expr)
+        elif isinstance(e, (Cast, UnOp, IsNull)):
+            stack.append(e.expr)
 
 
-def _key_equality(where: Expr | None, bound: list[Value] | None = None) -> str | None:
-    """The key of ``WHERE key = <constant or $n>`` (either side), for a point lookup."""
+def _key_equality(where: Expr | None) -> str | None:
+    """The key of ``WHERE key = <constant>`` (either side), for a point lookup."""
     if not isinstance(where, BinOp) or where.op != "=":
         return None
     for col, other in ((where.left, where.right), (where.right, where.left)):
-        if isinstance(other, Param) and isinstance(col, ColRef) and col.name == "key" and bound \
-                and other.number <= len(bound):
-            v = bound[other.number - 1]
-            return None if v[0] is None or isinstance(v[0], bool) else as_text(v)
         if isinstance(col, ColRef) and col.name == "key" and isinstance(other, Const) and other.value is not None:
             if isinstance(other.value, bool):
                 return None
@@ -1136,29 +1282,6 @@ def _key_equality(where: Expr | None, bound: list[Value] | None = None) -> str |
                 isinstance(other.expr, Const) and other.typename in ("text", "varchar"):
             return as_text((other.expr.value, other.expr.oid))
     return None
-
-
-def _checkpoint(sess: Session, st: Utility) -> None:
-    sess.engine.checkpoint()
-    sess.send(P.command_complete("CHECKPOINT"))
-
-
-def _not_supported(sess: Session, st: Utility) -> None:
-    raise SQLError("0A000", f"{st.tag} is not supported")
-
-
-# Utility statements by pglast node name: the one place they are dispatched.  Anything absent is
-# 0A000 "<TAG> is not supported"; role statements are listed explicitly so they can be pointed at
-# their implementation.
-UTILITY: dict[str, Callable[[Session, Utility], None]] = {
-    "CheckPointStmt": _checkpoint,
-    "CreateRoleStmt": _not_supported,
-    "AlterRoleStmt": _not_supported,
-    "DropRoleStmt": _not_supported,
-}
-
-
-_SHOW_COLUMN = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}
 
 
 def _format_bytes(n: int) -> str:

@@ -1,13 +1,14 @@
-"""Commits per second with ``pgbench -n -M simple|prepared -f script`` (4 clients, ``-j 2``, one INSERT
-per transaction, fsync on), walswitch against PostgreSQL 15 started by the benchmark in the same run.
+"""Commits per second with ``pgbench -n -M MODE -f script`` (4 clients, ``-j 2``, one INSERT per
+transaction, fsync on) for MODE simple and prepared, walswitch against PostgreSQL 15 started by the
+benchmark in the same run.
 
 Both servers run the same script on the same ``kv(key text primary key, value text)`` table with
-``fsync = on`` and ``synchronous_commit = on``; runs alternate between the servers so that machine noise
-hits all alike, after a short warm-up run on each.
+``fsync = on`` and ``synchronous_commit = on``; runs alternate between the two so that machine noise
+hits both alike, after a short warm-up run on each.
 
 ``python -m bench.pgbench_tps --before DIR`` adds a third server: walswitch run from another checkout
-of the code (e.g. ``git worktree add /tmp/before 04df7dd``), for a before/after figure in one run.
-A mode the older code refuses (it had no extended protocol) is reported as refused.
+of the code (e.g. ``git archive 04df7dd | tar -x -C DIR``), for a before/after figure in one run; a
+mode the older code refuses (it had no extended protocol) is reported as refused.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pathlib import Path
 from bench import common
 from bench.common import PGBIN, BenchError, median, pg_primary, ratio, tempdir, walswitch_primary
 
-TITLE = "commits/s, pgbench -n -M simple -f (4 clients, -j 2, 1 INSERT per transaction, fsync on)"
+TITLE = "commits/s, pgbench -n -M simple|prepared -f (4 clients, -j 2, 1 INSERT per transaction, fsync on)"
+MODES = ("simple", "prepared")
 
 SCRIPT = ("\\set k random(1, 1000000)\n"
           "INSERT INTO kv VALUES (:k, 'value-' || :k) ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n")
@@ -46,29 +48,34 @@ def pgbench(server, script: Path, seconds: int, clients: int = 4, mode: str = "s
 
 
 def run(runs: int = 3, seconds: int = 10, warmup: int = 2) -> dict:
+    ws_tps: dict[str, list[float]] = {m: [] for m in MODES}
+    pg_tps: dict[str, list[float]] = {m: [] for m in MODES}
     with tempdir("walswitch-bench-tps-") as base:
         script = base / "insert.sql"
         script.write_text(SCRIPT)
         script.chmod(0o644)
-        ws_tps, pg_tps = [], []
         with walswitch_primary(base) as ws, pg_primary(base) as pg:
             command = " ".join(pgbench_cmd(pg, Path("insert.sql"), seconds)).replace(str(pg.port), "PORT")
             pgbench(ws, script, warmup)
             pgbench(pg, script, warmup)
             for _ in range(runs):
-                ws_tps.append(pgbench(ws, script, seconds))
-                pg_tps.append(pgbench(pg, script, seconds))
-    ws_m, pg_m = median(ws_tps), median(pg_tps)
+                for mode in MODES:
+                    ws_tps[mode].append(pgbench(ws, script, seconds, mode=mode))
+                    pg_tps[mode].append(pgbench(pg, script, seconds, mode=mode))
+    rows = []
+    for mode in MODES:
+        ws_m, pg_m = median(ws_tps[mode]), median(pg_tps[mode])
+        rows.append({"metric": f"commits/s -M {mode} (median)", "walswitch": ws_m, "postgresql": pg_m,
+                     "ratio": ratio(ws_m, pg_m), "better": "higher"})
+    first = rows[0]
     return {
         "title": TITLE,
         "command": command,
         "script": SCRIPT,
         "runs": runs, "seconds_per_run": seconds,
         "walswitch_tps": ws_tps, "postgresql_tps": pg_tps,
-        "walswitch_median": ws_m, "postgresql_median": pg_m, "ratio": ratio(ws_m, pg_m),
-        "paired_ratios": [ratio(a, b) for a, b in zip(ws_tps, pg_tps)],
-        "rows": [{"metric": "commits/s (median)", "walswitch": ws_m, "postgresql": pg_m,
-                  "ratio": ratio(ws_m, pg_m), "better": "higher"}],
+        "walswitch_median": first["walswitch"], "postgresql_median": first["postgresql"], "ratio": first["ratio"],
+        "rows": rows,
     }
 
 
@@ -82,8 +89,7 @@ def code_root(path: Path):
         common.ROOT = saved
 
 
-def before_after(before: Path, runs: int = 3, seconds: int = 10, warmup: int = 2,
-                 modes: tuple[str, ...] = ("simple", "prepared")) -> dict:
+def before_after(before: Path, runs: int = 3, seconds: int = 10, warmup: int = 2) -> dict:
     """commits/s of this checkout ("after"), of ``before`` and of PostgreSQL 15, per pgbench mode."""
     out: dict = {"runs": runs, "seconds_per_run": seconds, "modes": {}}
     with tempdir("walswitch-bench-ba-") as base:
@@ -96,7 +102,7 @@ def before_after(before: Path, runs: int = 3, seconds: int = 10, warmup: int = 2
                 old = stack.enter_context(walswitch_primary(base, "before"))
             pg = stack.enter_context(pg_primary(base))
             servers = {"after": after, "before": old, "postgresql": pg}
-            for mode in modes:
+            for mode in MODES:
                 tps: dict[str, list[float]] = {k: [] for k in servers}
                 refused: dict[str, str] = {}
                 for name, srv in servers.items():
@@ -121,5 +127,4 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     a = ap.parse_args()
-    res = before_after(a.before, a.runs, a.seconds) if a.before else run(a.runs, a.seconds)
-    print(json.dumps(res, indent=2))
+    print(json.dumps(before_after(a.before, a.runs, a.seconds) if a.before else run(a.runs, a.seconds), indent=2))

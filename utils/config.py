@@ -38,6 +38,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("listen_addresses", "string", "localhost"),
     Setting("port", "int", 5432, min=1, max=65535),
     Setting("max_connections", "int", 100, min=1, max=10000),
+    Setting("superuser_reserved_connections", "int", 3, min=0, max=10000),
+    Setting("statement_timeout", "int", 0, unit="ms", min=0, max=2 ** 31 - 1),
     Setting("archive_mode", "enum", "off", choices=("off", "on", "always")),
     Setting("archive_command", "string", ""),
     Setting("archive_timeout", "int", 0, unit="s", min=0, max=2 ** 30),
@@ -153,12 +155,25 @@ def _unquote(value: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+def decode_lines(path: str, raw: bytes) -> list[str]:
+    """Lines of a configuration file; bytes that are not UTF-8 are a one-line error naming the line."""
+    lines = []
+    for no, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            bad = " ".join(f"0x{b:02x}" for b in line[e.start:e.end])
+            raise ConfigError(f'invalid byte sequence for encoding "UTF8": {bad} in file "{path}" line {no}') \
+                from None
+    return lines
+
+
 def parse_file(path: str) -> dict[str, tuple[str, int]]:
     """name -> (raw value, line number); later lines win, as in PostgreSQL."""
     out: dict[str, tuple[str, int]] = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            lines = decode_lines(path, f.read())
     except FileNotFoundError:
         raise ConfigError(f'could not open configuration file "{path}": No such file or directory') from None
     except OSError as e:

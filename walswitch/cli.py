@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+from utils import file_perm
+
 PROG = "walswitch"
 
 
@@ -318,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Whatever this command creates (a data directory, its files, a server's files) is for its owner only.
+    file_perm.restrict_umask()
     try:
         return args.func(args)
     except CliError as e:
