@@ -29,9 +29,14 @@ silent network.  Error texts are libpq's ``PQerrorMessage`` after pchomp, so
 the walreceiver's lines read as PostgreSQL's (``could not connect to the
 primary server: connection to server at ... failed: ...``).
 
-Measured against the hand-written client this replaced (bench/stream_receive.py,
-README "Walreceiver client"): see the figures there; none was a reason to keep
-our own socket code.
+Measured against the hand-written socket/SCRAM client this replaced
+(``python -m bench.stream_receive``, PostgreSQL 15's walsender, medians of 3,
+same machine, old then new): catch-up of 277 MB, 128 kB XLogData messages,
+2096 -> 2033 MB/s (within run-to-run noise), 29.6 -> 27.8 µs CPU per message;
+small messages under pgbench, 36.5 -> 31.2 µs CPU per message, send-to-receive
+latency p50 52 -> 50 µs, p99 296 -> 164 µs; a walswitch standby catching up
+400 MB from a walswitch primary, 186 -> 198 MB/s while streaming.  No reason
+to keep our own socket code.
 """
 from __future__ import annotations
 
