@@ -228,6 +228,10 @@ class WalRcvConn:
         self.copy = "none"     # none | both | server_done (CopyDone) | ended (CommandComplete/error)
         self.closed = False
         self.pending_out = False                # libpq holds output the socket has not taken yet
+        # Over TLS, one PQconsumeInput may leave part of a record that is larger than libpq's free
+        # buffer space inside OpenSSL, where select on the socket cannot see it (PostgreSQL's own
+        # server writes 8 kB records, other servers up to 16 kB): ask again before sleeping.
+        self.consume_tries = 3 if pgconn.ssl_in_use else 1
         pgconn.notice_handler = self._notice
         pgconn.nonblocking = 1
 
@@ -372,14 +376,14 @@ class WalRcvConn:
         pg = self.pgconn
         get = pg.get_copy_data
         nmsg = nbytes = 0
-        consumed = False
+        consumed = 0
         while True:
             try:
                 n, buf = get(1)
             except psycopg.OperationalError:
                 raise self._lost() from None
             if n > 0:
-                consumed = False
+                consumed = 0
                 kind = buf[0]
                 if kind == _X:
                     try:
@@ -400,13 +404,13 @@ class WalRcvConn:
                 if nbytes >= max_bytes:
                     return nmsg, False, True
             elif n == 0:
-                if consumed:
+                if consumed >= self.consume_tries:
                     return nmsg, False, False
                 try:
                     pg.consume_input()
                 except psycopg.OperationalError:
                     raise self._lost() from None
-                consumed = True
+                consumed += 1
             else:
                 self._copy_ended()
                 return nmsg + 1, True, False
