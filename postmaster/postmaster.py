@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
+from libpq.tls import TLSConfigError, server_context
 from postmaster import pidfile
 from shmem import names
 from shmem.segment import SharedState
@@ -181,6 +182,10 @@ class Postmaster:
         except file_perm.DataDirModeError as e:
             raise StartupFailure(str(e)) from None
         os.chdir(self.datadir)
+        try:
+            server_context(self.config, self.datadir)     # refuse to start on bad TLS files, as PostgreSQL
+        except TLSConfigError as e:
+            raise StartupFailure(str(e)) from None
         self.events = EventLog(self.datadir, "postmaster")
         port = self.config["port"]
         host = listen_host(self.config)
