@@ -36,6 +36,7 @@ from backend.nodes import Stmt
 from backend.parse import parse
 from backend.sql import CommitWait, Panic, Session, Until, Wait
 from libpq import protocol as P
+from backend.tlsrelay import Relay
 from libpq.tls import TLSChannel
 from libpq.protocol import ProtocolError, SQLError
 from utils import config as cfgmod
@@ -67,6 +68,7 @@ class ConnState(Enum):
     STARTUP = 1
     READY = 2
     CLOSED = 3
+    RELAY = 4          # a replication connection over TLS: bytes relayed to a walsender (tlsrelay.py)
 
 
 class Connection:
@@ -91,6 +93,7 @@ class Connection:
         self.tls: TLSChannel | None = None      # after an SSLRequest answered 'S' (libpq/tls.py)
         self.raw_out = bytearray()              # bytes for the socket once TLS is on (self.out is plaintext)
         self.channel_binding_data: bytes | None = None   # tls-server-end-point, for SCRAM-SHA-256-PLUS
+        self.relay: Relay | None = None         # a TLS replication connection's walsender side
         # Cancel and statement_timeout: the monotonic deadline of the running statement, and the
         # error to throw into it at its next wait (a single-process backend cannot interrupt code
         # that is running, only a statement that waits).
@@ -108,6 +111,8 @@ class Connection:
         return self.gen is not None
 
     def wants_read(self) -> bool:
+        if self.relay is not None:
+            return self.relay.client_wants_read()
         return (not self.closed and not self.close_after_flush and self.gen is None
                 and len(self.out) < MAX_PENDING_OUTPUT)
 
@@ -137,6 +142,9 @@ class Connection:
                 self.close()
                 return
             self.raw_out += self.tls.take_output()     # handshake records
+            if self.relay is not None:
+                self.relay.from_client(data)
+                return
             if not data:
                 return
         try:
@@ -201,11 +209,10 @@ class Connection:
             return
         if pkt.replication is not None:
             if self.tls is not None:
-                # A TLS session cannot follow the socket into the walsender process (see README, TLS).
-                self.fatal("0A000", "replication connections over SSL are not supported; use sslmode=disable "
-                                    "or prefer for replication")
-                return
-            b.hand_off(self, pkt)
+                # A TLS session cannot follow the socket into the walsender process: relay it.
+                b.hand_off_relayed(self, pkt, bytes(self.startup.buf))
+            else:
+                b.hand_off(self, pkt)
             return
         if b.shutdown_mode is not None:
             self.fatal("57P03", "the database system is shutting down")
@@ -453,6 +460,8 @@ class Connection:
             except Exception as e:  # noqa: BLE001 - WAL trouble surfaces at the next flush
                 log.warning("could not abort transaction at disconnect: %s", e)
         self.backend.forget(self)
+        if self.relay is not None:
+            self.relay.close()
         try:
             self.sock.close()
         except OSError:
@@ -514,5 +523,10 @@ def statement_timeout_ms(session: Session | None, config: Any) -> int:
     return int(config.get("statement_timeout", 0) or 0)
 
 
-def handoff_payload(pkt: P.StartupPacket) -> bytes:
-    return json.dumps(pkt.params).encode() + b"\n"
+def handoff_payload(pkt: P.StartupPacket, peer: tuple[str, int] | None = None) -> bytes:
+    """The startup parameters for the walsender; for a relayed (TLS) connection also the client's
+    address on a second line, since the walsender's socket is then one end of a socketpair."""
+    out = json.dumps(pkt.params).encode() + b"\n"
+    if peer is not None:
+        out += json.dumps({"peer": [str(peer[0]), int(peer[1])], "ssl": True}).encode() + b"\n"
+    return out

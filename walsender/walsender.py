@@ -277,8 +277,8 @@ class WalSender:
         self.database = self.params.get("database") if self.params.get("replication", "").lower() == "database" else None
         self.pg_wal = os.path.join(ctx.datadir, "pg_wal")
         try:
-            host, port = self.sock.getpeername()[:2]
-        except OSError:
+            host, port = ctx.extra.get("peer") or self.sock.getpeername()[:2]
+        except (OSError, ValueError):
             host, port = "?", 0
         self.peer = (str(host), int(port))
         self.timeout_ms = int(ctx.config.get("wal_sender_timeout", 60000) or 0)
