@@ -35,6 +35,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -43,6 +44,8 @@ from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import CommitWait, Engine, Panic, SQLError, Txn
 from libpq import protocol as P
+from libpq import tls as tls_mod
+from libpq.tls import TLSConfigError
 from storage.kvstore import KVStore, kv_path
 from utils import config as cfgmod
 from utils import elog
@@ -73,6 +76,7 @@ class Backend(Engine):
         self.sleepers: list[Connection] = []
         self.shutdown_mode: str | None = None
         self.reload_pending = False
+        self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
         self.writer: WalWriter | None = None
         self.store: KVStore | None = None
         self.next_full_xid = FIRST_NORMAL_XID
@@ -354,7 +358,7 @@ class Backend(Engine):
             mask = 0
             if conn.wants_read():
                 mask |= selectors.EVENT_READ
-            if conn.out:
+            if conn.out or conn.raw_out:
                 mask |= selectors.EVENT_WRITE
             if mask != conn.registered_mask:
                 try:
@@ -370,7 +374,7 @@ class Backend(Engine):
 
     def flush_outputs(self) -> None:
         for conn in list(self.conns.values()):
-            if conn.out:
+            if conn.out or conn.raw_out:
                 conn.flush_out()
 
     # ------------------------------------------------------------ signals
@@ -405,10 +409,26 @@ class Backend(Engine):
             self.config = cfgmod.load(self.datadir, overrides)
         except cfgmod.ConfigError as e:
             log.error("configuration file was not reloaded: %s", e)
+            return
+        try:
+            self.load_tls()
+        except TLSConfigError as e:
+            log.error("%s", str(e).replace("\nDETAIL:  ", " "))
+            log.warning("the previous SSL configuration stays in use")
+
+    def load_tls(self) -> None:
+        """(Re)build the TLS context from the settings, as PostgreSQL does at start and on reload."""
+        ctx = tls_mod.server_context(self.config, self.datadir)
+        if ctx is None:
+            self.tls = None
+            return
+        with open(os.path.join(self.datadir, self.config["ssl_cert_file"]), "rb") as f:
+            self.tls = (ctx, tls_mod.tls_server_end_point(f.read()))
 
     # ------------------------------------------------------------ start
     def start(self) -> None:
         self.install_signals()
+        self.load_tls()          # the postmaster checked the files already; a failure here is a FATAL
         x = self.shared.xlog.read()
         self._segsize = int(x["wal_segsize"])
         if not x["in_recovery"]:

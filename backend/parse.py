@@ -40,7 +40,7 @@ STACK_DEPTH_HINT = ('Increase the configuration parameter "max_stack_depth" (cur
 
 Node = dict[str, Any]
 
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')   # unrolled: no per-character alternation
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')     # unrolled: linear in the string's length
 _BRACKETS = re.compile(r"[\[\]{}]")
 _NEG_INT = re.compile(rb"(?:[\s(\-]|/\*.*?\*/)*(\d+)", re.S)
 

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import threading
 import time
 from enum import Enum
@@ -35,6 +36,7 @@ from backend.nodes import Stmt
 from backend.parse import parse
 from backend.sql import CommitWait, Panic, Session, Until, Wait
 from libpq import protocol as P
+from libpq.tls import TLSChannel
 from libpq.protocol import ProtocolError, SQLError
 from utils import config as cfgmod
 from utils import elog
@@ -86,6 +88,9 @@ class Connection:
         self.close_after_flush = False
         self.cancel_key = secrets.randbits(32)
         self.born = time.monotonic()
+        self.tls: TLSChannel | None = None      # after an SSLRequest answered 'S' (libpq/tls.py)
+        self.raw_out = bytearray()              # bytes for the socket once TLS is on (self.out is plaintext)
+        self.channel_binding_data: bytes | None = None   # tls-server-end-point, for SCRAM-SHA-256-PLUS
         # Cancel and statement_timeout: the monotonic deadline of the running statement, and the
         # error to throw into it at its next wait (a single-process backend cannot interrupt code
         # that is running, only a statement that waits).
@@ -114,7 +119,8 @@ class Connection:
     # ------------------------------------------------------------ input
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(self.startup.wanted() if self.state == ConnState.STARTUP else RECV_SIZE)
+            data = self.sock.recv(self.startup.wanted() if self.state == ConnState.STARTUP and self.tls is None
+                                  else RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -123,9 +129,23 @@ class Connection:
         if not data:
             self.close()
             return
+        if self.tls is not None:
+            try:
+                data = self.tls.receive(data)
+            except ssl.SSLError as e:
+                log.info("could not accept SSL connection: %s", e.reason or e)
+                self.close()
+                return
+            self.raw_out += self.tls.take_output()     # handshake records
+            if not data:
+                return
         try:
             if self.state == ConnState.STARTUP:
+                self.startup.ssl_available = self.backend.tls is not None and not self.startup.ssl_done
                 self.startup.feed(data)
+                if self.startup.start_tls:
+                    self.begin_tls()
+                    return
                 if self.startup.replies:
                     self.out += self.startup.replies
                     self.startup.replies = bytearray()
@@ -152,6 +172,26 @@ class Connection:
             else:
                 self.fatal("08P01", str(e))
 
+    def begin_tls(self) -> None:
+        """The 'S' to an SSLRequest goes out in clear; everything after it is TLS."""
+        assert self.backend.tls is not None
+        self.raw_out += self.startup.replies
+        self.startup.replies = bytearray()
+        self.startup.start_tls = False
+        self.tls = TLSChannel(self.backend.tls[0])
+        self.channel_binding_data = self.backend.tls[1]
+        early, self.startup.buf = bytes(self.startup.buf), bytearray()
+        if early:                    # a client that did not wait for the 'S'
+            self.raw_out += self.tls.take_output() if not self.tls.receive(early) else b""
+
+    @property
+    def ssl_in_use(self) -> bool:
+        return self.tls is not None and self.tls.handshaken
+
+    @property
+    def peer_cert_cn(self) -> str | None:
+        return self.tls.peer_common_name() if self.ssl_in_use and self.tls is not None else None
+
     def on_startup(self, pkt: P.StartupPacket) -> None:
         b = self.backend
         if pkt.cancel is not None:
@@ -160,6 +200,11 @@ class Connection:
             self.close()
             return
         if pkt.replication is not None:
+            if self.tls is not None:
+                # A TLS session cannot follow the socket into the walsender process (see README, TLS).
+                self.fatal("0A000", "replication connections over SSL are not supported; use sslmode=disable "
+                                    "or prefer for replication")
+                return
             b.hand_off(self, pkt)
             return
         if b.shutdown_mode is not None:
@@ -368,15 +413,20 @@ class Connection:
     def flush_out(self) -> None:
         if self.closed:
             return
-        while self.out:
+        if self.tls is not None and self.tls.handshaken and self.out:
+            self.tls.send(bytes(self.out))
+            self.out.clear()
+            self.raw_out += self.tls.take_output()
+        pending = self.raw_out if self.tls is not None else self.out
+        while pending:
             try:
-                n = self.sock.send(self.out)
+                n = self.sock.send(pending)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.close()
                 return
-            del self.out[:n]
+            del pending[:n]
         if self.close_after_flush:
             self.close()
         elif self.gen is None and self.state == ConnState.READY and self.reader.buf:

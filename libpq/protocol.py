@@ -170,6 +170,8 @@ class StartupParser:
         self.packet: StartupPacket | None = None
         self.ssl_done = False
         self.gss_done = False
+        self.ssl_available = False   # set by the server when ssl = on: SSLRequest is answered 'S'
+        self.start_tls = False       # the 'S' is in replies: send it in clear, then the handshake follows
 
     def wanted(self) -> int:
         """Bytes that complete the current packet: read no further, so that nothing meant for
@@ -181,7 +183,7 @@ class StartupParser:
 
     def feed(self, data: bytes) -> None:
         self.buf += data
-        while self.packet is None and len(self.buf) >= 4:
+        while self.packet is None and not self.start_tls and len(self.buf) >= 4:
             (length,) = struct.unpack_from("!I", self.buf)
             if length < 8 or length > MAX_STARTUP_PACKET:
                 raise StartupError("08P01", "invalid length of startup packet", to_client=False)
@@ -195,7 +197,8 @@ class StartupParser:
         (code,) = struct.unpack_from("!I", body)
         if code == SSL_REQUEST and not self.ssl_done:
             self.ssl_done = True
-            self.replies += b"N"
+            self.replies += b"S" if self.ssl_available else b"N"
+            self.start_tls = self.ssl_available
         elif code == GSSENC_REQUEST and not self.gss_done:
             self.gss_done = True
             self.replies += b"N"

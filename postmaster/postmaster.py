@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
+from libpq.tls import TLSConfigError, server_context
 from postmaster import pidfile
 from shmem import names
 from shmem.segment import SharedState
-from utils import elog
+from utils import elog, file_perm
 from utils.config import Config, listen_host
 from utils.events import EventLog
 from utils.proc import ChildContext, child_exit, set_title
@@ -175,7 +176,16 @@ class Postmaster:
         # As PostgreSQL's ChangeToDataDir: every process works in the data directory
         # (relative paths in settings mean the same to all of them, and a process of
         # this server can be told by its working directory even after an orphaning).
+        file_perm.restrict_umask()
+        try:
+            file_perm.check_data_dir_mode(self.datadir)
+        except file_perm.DataDirModeError as e:
+            raise StartupFailure(str(e)) from None
         os.chdir(self.datadir)
+        try:
+            server_context(self.config, self.datadir)     # refuse to start on bad TLS files, as PostgreSQL
+        except TLSConfigError as e:
+            raise StartupFailure(str(e)) from None
         self.events = EventLog(self.datadir, "postmaster")
         port = self.config["port"]
         host = listen_host(self.config)
