@@ -334,21 +334,18 @@ class Connection:
         yield from self.session.run(job.text, job.stmts)
 
     def request_interrupt(self, sqlstate: str, message: str) -> None:
-        """Cancel (57014) the running statement: at once if it sleeps, else at its next wait.
-
-        A statement waiting for its commit to be flushed is left alone: the commit record is
-        already in WAL, as PostgreSQL's commit cannot be cancelled either.
+        """Cancel (57014) the running statement if it waits (pg_sleep, pg_promote, a large
+        statement being parsed).  A statement waiting for its commit to be flushed is left
+        alone: the commit record is already in WAL, as PostgreSQL's commit cannot be cancelled.
         """
-        if self.gen is None or self.closed:
+        if self.gen is None or self.closed or not isinstance(self.wait, Until):
             return
         self.interrupt = SQLError(sqlstate, message)
-        if isinstance(self.wait, Until):
-            with_sleepers = self.backend.sleepers
-            if self in with_sleepers:
-                with_sleepers.remove(self)
-            self.resume()
-            if self.gen is None:
-                self.process_messages()
+        if self in self.backend.sleepers:
+            self.backend.sleepers.remove(self)
+        self.resume()
+        if self.gen is None:
+            self.process_messages()
 
     def resume(self) -> None:
         """Advance the running query until it waits or ends."""
