@@ -383,37 +383,35 @@ class Backend(Engine):
         for conn in list(self.conns.values()):
             if conn.closed:
                 continue
-            mask = 0
-            if conn.wants_read():
-                mask |= selectors.EVENT_READ
-            if conn.out or conn.raw_out:
-                mask |= selectors.EVENT_WRITE
-            if mask != conn.registered_mask:
-                try:
-                    if mask == 0:
-                        self.sel.unregister(conn.sock)
-                    elif conn.registered_mask == 0:
-                        self.sel.register(conn.sock, mask, conn)
-                    else:
-                        self.sel.modify(conn.sock, mask, conn)
-                    conn.registered_mask = mask
-                except (KeyError, ValueError, OSError):
-                    conn.close()
+            mask = (selectors.EVENT_READ if conn.wants_read() else 0) | \
+                (selectors.EVENT_WRITE if conn.out or conn.raw_out else 0)
+            if not self.register(conn.sock, conn, conn.registered_mask, mask):
+                conn.close()
+                continue
+            conn.registered_mask = mask
             relay = conn.relay
             if relay is not None and not relay.closed:
                 rmask = (selectors.EVENT_READ if relay.wants_read() else 0) | \
                     (selectors.EVENT_WRITE if relay.to_walsender else 0)
-                if rmask != relay.registered_mask:
-                    try:
-                        if rmask == 0:
-                            self.sel.unregister(relay.sock)
-                        elif relay.registered_mask == 0:
-                            self.sel.register(relay.sock, rmask, relay)
-                        else:
-                            self.sel.modify(relay.sock, rmask, relay)
-                        relay.registered_mask = rmask
-                    except (KeyError, ValueError, OSError):
-                        conn.close()
+                if not self.register(relay.sock, relay, relay.registered_mask, rmask):
+                    conn.close()
+                    continue
+                relay.registered_mask = rmask
+
+    def register(self, sock: socket.socket, data: object, old: int, new: int) -> bool:
+        """Bring one socket's selector registration from mask ``old`` to ``new``; False if it is gone."""
+        if new == old:
+            return True
+        try:
+            if new == 0:
+                self.sel.unregister(sock)
+            elif old == 0:
+                self.sel.register(sock, new, data)
+            else:
+                self.sel.modify(sock, new, data)
+        except (KeyError, ValueError, OSError):
+            return False
+        return True
 
     def flush_outputs(self) -> None:
         for conn in list(self.conns.values()):
