@@ -48,7 +48,8 @@ from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
 from xlog.lsn import advance, format_lsn, is_segment_name, parse_segment_name, segment_name, segno_of
-from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record
+from libpq.hba import HbaError, HbaRules, load_hba
+from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record, kv_role_record
 from xlog.writer import WalWriter
 
 log = elog.logger()
@@ -73,6 +74,7 @@ class Backend(Engine):
         self.reload_pending = False
         self.writer: WalWriter | None = None
         self.store: KVStore | None = None
+        self.hba: HbaRules | None = None     # pg_hba.conf; kept when a reload finds it bad
         self.next_full_xid = FIRST_NORMAL_XID
         self.ckpt_stats = ckpt.CheckpointStats()
         self.last_ckpt_request = 0
@@ -124,7 +126,10 @@ class Backend(Engine):
     def log_change(self, txn: Txn, op: str, key: str, value: str | None) -> None:
         if not txn.xid:
             txn.xid = self.assign_xid()
-        spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
+        if op == "role":
+            spec = kv_role_record(txn.xid, key, value)
+        else:
+            spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
         start, _end = self._insert(spec)
         if txn.first_lsn is None:
             txn.first_lsn = start
@@ -355,10 +360,20 @@ class Backend(Engine):
             self.config = cfgmod.load(self.datadir, overrides)
         except cfgmod.ConfigError as e:
             log.error("configuration file was not reloaded: %s", e)
+        self.load_hba()
+
+    def load_hba(self) -> None:
+        """(Re)read pg_hba.conf; a bad file keeps the rules in force (PostgreSQL's load_hba)."""
+        try:
+            self.hba = load_hba(os.path.join(self.datadir, "pg_hba.conf"))
+        except HbaError as e:
+            log.error("%s", e)
+            log.error("pg_hba.conf was not reloaded" if self.hba is not None else "could not load pg_hba.conf")
 
     # ------------------------------------------------------------ start
     def start(self) -> None:
         self.install_signals()
+        self.load_hba()
         x = self.shared.xlog.read()
         self._segsize = int(x["wal_segsize"])
         if not x["in_recovery"]:

@@ -28,9 +28,11 @@ import time
 from enum import Enum
 from typing import Any, Protocol
 
+from backend.clientauth import AuthOutcome, ClientAuth
 from backend.sql import CommitWait, Panic, Session, Until, Wait
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
+from storage.roles import RoleInfo
 from utils import elog
 
 
@@ -74,6 +76,10 @@ class Connection:
         self.cancel_key = random.getrandbits(31)
         self.born = time.monotonic()
         self.registered_mask = 0
+        self.ssl_in_use = False               # set by TLS (helper tls)
+        self.channel_binding_data: bytes | None = None   # tls-server-end-point hash
+        self.auth: ClientAuth | None = None   # between StartupMessage and AuthenticationOk
+        self.role: RoleInfo | None = None     # the authenticated role
 
     # ------------------------------------------------------------ helpers
     @property
@@ -106,6 +112,10 @@ class Connection:
             self.close()
             return
         try:
+            if self.state == ConnState.STARTUP and self.auth is not None:
+                self.reader.feed(data)
+                self.process_auth()
+                return
             if self.state == ConnState.STARTUP:
                 self.startup.feed(data)
                 if self.startup.replies:
@@ -132,18 +142,55 @@ class Connection:
             # We serve every session in one process; a cancel cannot interrupt anything.
             self.close()
             return
-        if pkt.replication is not None:
-            b.hand_off(self, pkt)
-            return
         if b.shutdown_mode is not None:
             self.fatal("57P03", "the database system is shutting down")
             return
-        if b.session_count() >= b.config["max_connections"]:
+        if pkt.replication is None and b.session_count() >= b.config["max_connections"]:
             self.fatal("53300", "sorry, too many clients already")
             return
+        store = getattr(b, "store", None)
+        self.auth = ClientAuth(pkt, self.addr[0] if isinstance(self.addr, tuple) else None, self.ssl_in_use,
+                               self.channel_binding_data, getattr(b, "hba", None),
+                               store.conn if store is not None else None,
+                               b.config["password_encryption"])
+        self.auth_step(self.auth.begin())
+
+    def process_auth(self) -> None:
+        while self.auth is not None and not self.close_after_flush:
+            m = self.reader.next()
+            if m is None:
+                return
+            self.auth_step(self.auth.feed(*m))
+
+    def auth_step(self, outcome: AuthOutcome | None) -> None:
+        """Send what authentication produced; on its outcome refuse or finish the startup."""
+        a = self.auth
+        assert a is not None
+        self.out += a.out
+        a.out.clear()
+        if outcome is None:
+            return
+        pkt = a.pkt
+        self.auth = None
+        if not outcome.ok:
+            self.fatal(outcome.sqlstate, outcome.message)
+            return
+        self.role = outcome.role
+        if pkt.replication is not None:
+            self.backend.hand_off(self, pkt)
+            return
+        self.finish_startup(pkt)
+
+    def finish_startup(self, pkt: P.StartupPacket) -> None:
+        b = self.backend
+        role = self.role
+        assert role is not None
         self.session = Session(b, os.getpid(), pkt.params)
+        self.session.role = role
         self.state = ConnState.READY
         params = P.default_server_params(pkt.params.get("application_name", ""), in_hot_standby=b.in_recovery())
+        params["is_superuser"] = "on" if role.superuser else "off"
+        params["session_authorization"] = role.name
         self.out += P.startup_greeting(params, os.getpid(), self.cancel_key)
 
     def process_messages(self) -> None:
@@ -177,7 +224,7 @@ class Connection:
             s.out.clear()
             self.discard_until_sync = True
         elif mtype in (b"H", b"d", b"c", b"f", b"p"):
-            pass   # Flush; stray COPY data; password (we trust everyone)
+            pass   # Flush; stray COPY data; a password message after authentication
         else:
             self.fatal("08P01", f"invalid frontend message type {mtype[0]}")
 

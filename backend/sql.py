@@ -31,6 +31,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend import roles
 from libpq import protocol as P
 from libpq.protocol import SQLError
 from utils.config import READ_ONLY, SETTINGS
@@ -1038,6 +1039,7 @@ sqlfunc("pg_current_wal_flush_lsn", 0, PG_LSN)(_wal_pos("flush"))
 
 @sqlfunc("pg_switch_wal", 0, PG_LSN)
 def _f_switch(ctx: "Session", args: list[Value]) -> Value:
+    roles.require_superuser(ctx, "permission denied for function pg_switch_wal")
     if ctx.engine.in_recovery():
         raise _recovery_error()
     return (ctx.engine.switch_wal(), PG_LSN)
@@ -1068,6 +1070,7 @@ def _f_replay_ts(ctx: "Session", args: list[Value]) -> Value:
 
 @sqlfunc("pg_promote", (0, 2), BOOL, blocking=True)
 def _f_promote(ctx: "Session", args: list[Value]) -> Generator[Wait, None, Value]:
+    roles.require_superuser(ctx, "permission denied for function pg_promote")
     wait = as_bool(args[0]) if args else True
     wait_seconds = as_int(args[1]) if len(args) > 1 else 60
     if wait_seconds is None or wait_seconds <= 0:
@@ -1135,7 +1138,7 @@ def _f_current_setting(ctx: "Session", args: list[Value]) -> Value:
 
 @sqlfunc("current_user", 0, NAME)
 def _f_current_user(ctx: "Session", args: list[Value]) -> Value:
-    return (ctx.params.get("user", "postgres"), NAME)
+    return (ctx.role.name if ctx.role is not None else ctx.params.get("user", "postgres"), NAME)
 
 
 @sqlfunc("current_database", 0, NAME)
@@ -1342,6 +1345,7 @@ class Session:
         self.failed = False          # the block had an error
         self.txn: Txn | None = None
         self.gucs: dict[str, str] = {}
+        self.role: Any = None            # storage.roles.RoleInfo, set after authentication
         if self.params.get("application_name"):
             self.gucs["application_name"] = self.params["application_name"]
         self._implicit = False
@@ -1390,6 +1394,9 @@ class Session:
     # -- running a Query message
     def run(self, sql: str) -> Generator[Wait, None, None]:
         """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included)."""
+        if roles.is_role_ddl(sql):
+            yield from self.run_role_ddl(sql)
+            return
         try:
             stmts = parse(sql)
         except SQLError as e:
@@ -1415,6 +1422,19 @@ class Session:
                 yield from self._commit()
         finally:
             self._implicit = False
+
+    def run_role_ddl(self, sql: str) -> Generator[Wait, None, None]:
+        """CREATE/ALTER/DROP ROLE|USER through pglast (backend/roles.py); one statement."""
+        try:
+            if self.failed:
+                raise SQLError("25P02", "current transaction is aborted, commands ignored "
+                                        "until end of transaction block")
+            self.send(P.command_complete(roles.run_role_sql(self, sql)))
+        except SQLError as e:
+            self._fail(e)
+            return
+        if not self.block:
+            yield from self._commit()
 
     def _fail(self, e: SQLError) -> None:
         self.send(e.encode())
@@ -1442,6 +1462,7 @@ class Session:
         elif isinstance(st, SetStmt):
             self.exec_set(st)
         elif isinstance(st, Checkpoint):
+            roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()
             self.send(P.command_complete("CHECKPOINT"))
         else:  # pragma: no cover - the parser makes only the above

@@ -38,6 +38,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("listen_addresses", "string", "localhost"),
     Setting("port", "int", 5432, min=1, max=65535),
     Setting("max_connections", "int", 100, min=1, max=10000),
+    Setting("password_encryption", "enum", "scram-sha-256", choices=("scram-sha-256", "md5")),
     Setting("archive_mode", "enum", "off", choices=("off", "on", "always")),
     Setting("archive_command", "string", ""),
     Setting("archive_timeout", "int", 0, unit="s", min=0, max=2 ** 30),

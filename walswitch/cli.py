@@ -39,7 +39,27 @@ def check_datadir(datadir: str | None, cmd: str) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     from walswitch.initdb import InitError, initdb
     try:
-        initdb(args.datadir, wal_segsize_mb=args.wal_segsize, port=args.port)
+        password = None
+        if args.pwfile:
+            with open(args.pwfile, encoding="utf-8") as f:
+                password = f.readline().rstrip("\n")
+        elif args.pwprompt:
+            import getpass
+            password = getpass.getpass("Enter new superuser password: ")
+            if getpass.getpass("Enter it again: ") != password:
+                raise CliError("Passwords didn't match.")
+        auth_host = args.auth_host or args.auth or "trust"
+        auth_local = args.auth_local or args.auth or "trust"
+        if auth_host == "trust" or auth_local == "trust":
+            print('initdb: warning: enabling "trust" authentication for local connections\n'
+                  'initdb: hint: You can change this by editing pg_hba.conf or using the option -A, '
+                  'or --auth-local and --auth-host, the next time you run initdb.', file=sys.stderr)
+        if auth_host in ("md5", "scram-sha-256", "password") and password is None:
+            raise CliError(f'must specify a password for the superuser to enable {auth_host} authentication')
+        initdb(args.datadir, wal_segsize_mb=args.wal_segsize, port=args.port, superuser=args.username,
+               password=password, auth_host=auth_host, auth_local=auth_local)
+    except OSError as e:
+        raise CliError(f'could not read password from file "{args.pwfile}": {e.strerror}') from None
     except InitError as e:
         raise CliError(str(e)) from None
     print(f'Success. You can now start the database server using:\n\n    {PROG} start -D {args.datadir}\n')
@@ -260,6 +280,9 @@ def cmd_basebackup(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- main
+_AUTH_METHODS = ("trust", "reject", "scram-sha-256", "md5", "password")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="A PostgreSQL-style standby server in Python.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -268,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-D", "--pgdata", dest="datadir", required=True)
     s.add_argument("--wal-segsize", type=int, default=16, help="WAL segment size in MB (power of two, 1..1024)")
     s.add_argument("-p", "--port", type=int, default=None, help="port written to walswitch.conf")
+    s.add_argument("-U", "--username", default=None, help="bootstrap superuser (default: the OS user; postgres for root)")
+    s.add_argument("--pwfile", default=None, help="read the superuser's password from this file's first line")
+    s.add_argument("-W", "--pwprompt", action="store_true", help="prompt for the superuser's password")
+    s.add_argument("-A", "--auth", default=None, choices=_AUTH_METHODS)
+    s.add_argument("--auth-host", default=None, choices=_AUTH_METHODS)
+    s.add_argument("--auth-local", default=None, choices=_AUTH_METHODS)
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("start", help="run the server (foreground unless --detach)")

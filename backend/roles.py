@@ -1,0 +1,149 @@
+"""Role DDL (CREATE/ALTER/DROP ROLE|USER) and superuser checks, as PostgreSQL's user.c.
+
+Entry point: ``execute_role_stmt(session, node)`` with a pglast parse node
+(``CreateRoleStmt``, ``AlterRoleStmt``, ``DropRoleStmt``).  A change is written
+into the session's transaction as a ``("role", name, attrs JSON | None)`` change:
+the engine WAL-logs it as a KV_ROLE record and it is applied with the rest of
+the transaction at commit (storage/roles.py), on the primary and by replay.
+Passwords are stored only as verifiers: a pre-hashed ``SCRAM-SHA-256$...`` or
+``md5...`` string as is (psql's ``\\password``), anything else hashed with
+``password_encryption``.
+
+``require_superuser(session, message)`` is the check the privileged functions call.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+
+from libpq import scram
+from libpq.protocol import SQLError
+from storage.roles import RoleInfo, lookup_role
+
+ROLE_DDL = re.compile(r"^\s*(create|alter|drop)\s+(role|user)\b", re.I)
+FIRST_USER_OID = 16384
+
+_FLAGS = {"superuser": "superuser", "canlogin": "login", "isreplication": "replication"}
+_IGNORED = {"createdb", "createrole", "inherit", "bypassrls", "connectionlimit", "validUntil",
+            "addroleto", "rolemembers", "adminmembers", "sysid"}
+
+
+def require_superuser(session: Any, message: str) -> None:
+    """42501 unless the session's role is a superuser (sessions without a role: unit tests, trusted)."""
+    role = getattr(session, "role", None)
+    if role is not None and not role.superuser:
+        raise SQLError("42501", message)
+
+
+def is_role_ddl(sql: str) -> bool:
+    return ROLE_DDL.match(sql) is not None
+
+
+def run_role_sql(session: Any, sql: str) -> str:
+    """Parse with PostgreSQL's grammar and execute; returns the command tag."""
+    try:
+        stmts = parse_sql(sql)
+    except ParseError as e:
+        raise SQLError("42601", str(e).split(", at location")[0]) from None
+    if len(stmts) != 1:
+        raise SQLError("0A000", "role commands must be sent as a single statement")
+    return execute_role_stmt(session, stmts[0].stmt)
+
+
+def _verifier(session: Any, user: str, password: str | None) -> str | None:
+    if password is None:
+        return None
+    if password == "":
+        session.notice("empty string is not a valid password, clearing password")
+        return None
+    if scram.parse_verifier(password) is not None or scram.is_md5_verifier(password):
+        return password
+    method = session.show_value("password_encryption") or "scram-sha-256"
+    if method == "md5":
+        return scram.md5_verifier(password, user)
+    return scram.make_verifier(password).encode()
+
+
+def _apply_options(session: Any, role: RoleInfo, options: Any) -> None:
+    for d in options or ():
+        name = d.defname
+        if name in _FLAGS:
+            setattr(role, _FLAGS[name], bool(d.arg.boolval) if d.arg is not None else True)
+        elif name == "password":
+            role.password = _verifier(session, role.name, d.arg.sval if d.arg is not None else None)
+        elif name in _IGNORED:
+            continue
+        else:
+            raise SQLError("0A000", f'role option "{name}" is not supported')
+
+
+def _current(session: Any, name: str) -> RoleInfo | None:
+    txn = session.txn
+    if txn is not None:
+        for op, key, value in reversed(txn.changes):
+            if op == "role" and key == name:
+                return None if value is None else RoleInfo.from_json(name, value)
+    return lookup_role(session.store.conn, name)
+
+
+def _write(session: Any, what: str, name: str, role: RoleInfo | None) -> None:
+    txn = session._check_writable(what)
+    attrs = None if role is None else role.to_json()
+    session.engine.log_change(txn, "role", name, attrs)
+    txn.changes.append(("role", name, attrs))
+
+
+def _rolename(spec: Any) -> str:
+    if spec.roletype != 0:    # CURRENT_USER, SESSION_USER, ...
+        raise SQLError("0A000", "only role names are supported here")
+    return spec.rolename
+
+
+def execute_role_stmt(session: Any, node: Any) -> str:
+    if isinstance(node, ast.CreateRoleStmt):
+        kind = "USER" if node.stmt_type == 1 else "ROLE"
+        require_superuser(session, "permission denied to create role")
+        name = node.role
+        if name.startswith("pg_"):
+            raise SQLError("42939", f'role name "{name}" is reserved',
+                           detail='Role names starting with "pg_" are reserved.')
+        if _current(session, name) is not None:
+            raise SQLError("42710", f'role "{name}" already exists')
+        role = RoleInfo(name, login=(kind == "USER"))
+        role.oid = FIRST_USER_OID + abs(hash(name)) % 1_000_000
+        _apply_options(session, role, node.options)
+        _write(session, f"CREATE {kind}", name, role)
+        return f"CREATE ROLE"
+    if isinstance(node, ast.AlterRoleStmt):
+        name = _rolename(node.role)
+        role = _current(session, name)
+        if role is None:
+            raise SQLError("42704", f'role "{name}" does not exist')
+        me = getattr(session, "role", None)
+        only_password = all(d.defname == "password" for d in node.options or ())
+        if me is not None and not me.superuser and not (only_password and me.name == name):
+            raise SQLError("42501", "permission denied")
+        _apply_options(session, role, node.options)
+        _write(session, "ALTER ROLE", name, role)
+        return "ALTER ROLE"
+    if isinstance(node, ast.DropRoleStmt):
+        require_superuser(session, "permission denied to drop role")
+        me = getattr(session, "role", None)
+        for spec in node.roles:
+            name = _rolename(spec)
+            role = _current(session, name)
+            if role is None:
+                if node.missing_ok:
+                    session.notice(f'role "{name}" does not exist, skipping')
+                    continue
+                raise SQLError("42704", f'role "{name}" does not exist')
+            if me is not None and me.name == name:
+                raise SQLError("55006", "current user cannot be dropped")
+            if role.oid == 10:
+                raise SQLError("55006", f'cannot drop role {name} because it is required by the database system')
+            _write(session, "DROP ROLE", name, None)
+        return "DROP ROLE"
+    raise SQLError("0A000", "statement not supported")

@@ -1,0 +1,102 @@
+"""Authentication, roles and privileges with real clients over TCP (issue 10, items 1-3)."""
+from __future__ import annotations
+
+import os
+import signal
+
+import psycopg2
+import pytest
+
+from libpq import scram
+from libpq.hba import HbaError, parse_hba
+from tests.cluster import as_postgres, pg_tool, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_hba_parse_and_first_match():
+    rules = parse_hba('# c\nhost "all" u1,u2 10.0.0.0 255.0.0.0 md5\nhostssl all all 0.0.0.0/0 scram-sha-256\n'
+                      'host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n')
+    assert rules.match("10.1.2.3", False, "db", "u2", False) is None      # quoted "all" is a name
+    assert rules.match("10.1.2.3", False, "all", "u1", False).method == "md5"
+    assert rules.match("10.1.2.3", True, "db", "x", False).method == "scram-sha-256"
+    assert rules.match("127.0.0.1", False, "db", "x", True).method == "trust"
+    assert rules.match("127.0.0.1", False, "db", "x", False).method == "reject"
+    assert rules.match("::1", False, "db", "x", False) is None
+    with pytest.raises(HbaError, match=r'invalid authentication method "bogus" in file "f" line 2'):
+        parse_hba("host all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 bogus\n", "f")
+
+
+def _hba(node, text: str) -> None:
+    with open(os.path.join(node.datadir, "pg_hba.conf"), "w") as f:
+        f.write(text)
+
+
+def _reload(node) -> None:
+    os.kill(node.status()["postmaster_pid"], signal.SIGHUP)
+
+
+def _connect(node, user, password=None, **kw):
+    return psycopg2.connect(node.dsn(user=user, **({"password": password} if password else {}), **kw))
+
+
+def test_methods_roles_privileges(nodes):
+    p = nodes("p")
+    p.init()
+    p.start()
+    p.sql("CREATE ROLE alice LOGIN PASSWORD 'secret'")
+    p.sql("CREATE ROLE bob LOGIN PASSWORD %s", (scram.md5_verifier("pw", "bob"),))
+    p.sql("CREATE ROLE carol LOGIN PASSWORD %s", (scram.make_verifier("cpw").encode(),))
+    p.sql("CREATE ROLE nologin PASSWORD 'x'")
+    # trust (the default file): no password asked
+    with _connect(p, "alice") as c:
+        pass
+    c.close()
+    _hba(p, "host all postgres 127.0.0.1/32 trust\nhost replication postgres 127.0.0.1/32 trust\n"
+            "host all alice,carol,nologin 127.0.0.1/32 scram-sha-256\nhost all bob 127.0.0.1/32 md5\n"
+            "host all dave 127.0.0.1/32 password\nhost all eve 127.0.0.1/32 reject\n"
+            "host replication alice 127.0.0.1/32 scram-sha-256\n")
+    _reload(p)
+    wait_for(lambda: _refused(p, "alice", None) is not None, 30, "reload")
+    assert _connect(p, "alice", "secret").close() is None
+    assert "password authentication failed for user \"alice\"" in _refused(p, "alice", "wrong")
+    assert "password authentication failed for user \"ghost\"" in _refused(p, "ghost", "x") or \
+        "no pg_hba.conf entry" in _refused(p, "ghost", "x")
+    assert _connect(p, "carol", "cpw").close() is None          # \password-style verifier
+    assert _connect(p, "bob", "pw").close() is None             # md5
+    assert "password authentication failed" in _refused(p, "bob", "no")
+    assert "not permitted to log in" in _refused(p, "nologin", "x")
+    assert 'pg_hba.conf rejects connection for host "127.0.0.1", user "eve"' in _refused(p, "eve", None)
+    assert ('no pg_hba.conf entry for host "127.0.0.1", user "zed", database "postgres", SSL off'
+            in _refused(p, "zed", None))
+    # channel_binding=require: we never offer -PLUS without TLS, libpq refuses by itself
+    assert "channel binding" in _refused(p, "alice", "secret", channel_binding="require", sslmode="disable")
+    # privileges
+    c = _connect(p, "alice", "secret")
+    c.autocommit = True
+    for q, msg in (("SELECT pg_switch_wal()", "permission denied for function pg_switch_wal"),
+                   ("SELECT pg_promote()", "permission denied for function pg_promote"),
+                   ("CHECKPOINT", "must be superuser to do CHECKPOINT"),
+                   ("CREATE ROLE x", "permission denied to create role")):
+        with pytest.raises(psycopg2.Error) as e, c.cursor() as cur:
+            cur.execute(q)
+        assert e.value.pgcode == "42501" and msg in str(e.value), q
+    c.close()
+    # replication without REPLICATION
+    r = as_postgres([pg_tool("pg_receivewal"), "-d", p.dsn(user="alice", password="secret"), "-D", "/tmp",
+                     "--no-loop", "-n"], timeout=60)
+    assert r.returncode != 0 and "must be superuser or replication role to start walsender" in r.stderr
+    # a bad file keeps the old rules
+    _hba(p, "host all all 127.0.0.1/32 bogus\n")
+    _reload(p)
+    p.wait_log('invalid authentication method "bogus" in file')
+    assert _connect(p, "alice", "secret").close() is None
+    assert "password authentication failed" in _refused(p, "alice", "wrong")
+
+
+def _refused(node, user, password, **kw) -> str | None:
+    try:
+        _connect(node, user, password, **kw).close()
+    except psycopg2.OperationalError as e:
+        return str(e)
+    return None
