@@ -186,6 +186,13 @@ class Backend(Engine):
             if self.shared.postmaster_pid:
                 os.kill(self.shared.postmaster_pid, signal.SIGUSR1)
 
+    def request_reload(self) -> None:
+        """pg_reload_conf(): SIGHUP to the postmaster, which forwards it to every child."""
+        pid = self.shared.postmaster_pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGHUP)
+
     def request_promote(self) -> None:
         with self.shared.recovery.locked() as r:
             r.set(promote_requested=1)

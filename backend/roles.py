@@ -21,7 +21,7 @@ from pglast.parser import ParseError
 
 from libpq import scram
 from libpq.protocol import SQLError
-from storage.roles import RoleInfo, lookup_role
+from storage.roles import RoleInfo, all_roles, lookup_role
 
 ROLE_DDL = re.compile(r"^\s*(create|alter|drop)\s+(role|user)\b", re.I)
 FIRST_USER_OID = 16384
@@ -96,6 +96,14 @@ def _write(session: Any, what: str, name: str, role: RoleInfo | None) -> None:
     txn.changes.append(("role", name, attrs))
 
 
+def _next_oid(session: Any) -> int:
+    oids = [r.oid for r in all_roles(session.store.conn)]
+    txn = session.txn
+    if txn is not None:
+        oids += [RoleInfo.from_json(k, v).oid for op, k, v in txn.changes if op == "role" and v is not None]
+    return max([FIRST_USER_OID - 1, *oids]) + 1
+
+
 def _rolename(spec: Any) -> str:
     if spec.roletype != 0:    # CURRENT_USER, SESSION_USER, ...
         raise SQLError("0A000", "only role names are supported here")
@@ -113,10 +121,10 @@ def execute_role_stmt(session: Any, node: Any) -> str:
         if _current(session, name) is not None:
             raise SQLError("42710", f'role "{name}" already exists')
         role = RoleInfo(name, login=(kind == "USER"))
-        role.oid = FIRST_USER_OID + abs(hash(name)) % 1_000_000
+        role.oid = _next_oid(session)
         _apply_options(session, role, node.options)
         _write(session, f"CREATE {kind}", name, role)
-        return f"CREATE ROLE"
+        return "CREATE ROLE"
     if isinstance(node, ast.AlterRoleStmt):
         name = _rolename(node.role)
         role = _current(session, name)
@@ -147,3 +155,39 @@ def execute_role_stmt(session: Any, node: Any) -> str:
             _write(session, "DROP ROLE", name, None)
         return "DROP ROLE"
     raise SQLError("0A000", "statement not supported")
+
+
+# ---- pg_roles / pg_authid ---------------------------------------------------
+_BOOL, _NAME, _INT4, _TEXT, _OID, _TSTZ = 16, 19, 23, 25, 26, 1184
+_COMMON = [("rolname", _NAME), ("rolsuper", _BOOL), ("rolinherit", _BOOL), ("rolcreaterole", _BOOL),
+           ("rolcreatedb", _BOOL), ("rolcanlogin", _BOOL), ("rolreplication", _BOOL)]
+VIEW_COLUMNS: dict[str, list[tuple[str, int]]] = {
+    "pg_roles": _COMMON + [("rolconnlimit", _INT4), ("rolpassword", _TEXT), ("rolvaliduntil", _TSTZ),
+                           ("rolbypassrls", _BOOL), ("rolconfig", _TEXT), ("oid", _OID)],
+    "pg_authid": [("oid", _OID)] + _COMMON + [("rolbypassrls", _BOOL), ("rolconnlimit", _INT4),
+                                             ("rolpassword", _TEXT), ("rolvaliduntil", _TSTZ)],
+}
+
+
+def view_rows(session: Any, rel: str) -> list[list[tuple[Any, int]]]:
+    """Rows of pg_roles (password masked) or pg_authid (superusers only, as its ACL)."""
+    if rel == "pg_authid":
+        require_superuser(session, "permission denied for table pg_authid")
+    current = {r.name: r for r in all_roles(session.store.conn)}
+    txn = session.txn
+    for op, name, attrs in (txn.changes if txn is not None else ()):
+        if op == "role":       # this transaction's own role changes are visible to it
+            if attrs is None:
+                current.pop(name, None)
+            else:
+                current[name] = RoleInfo.from_json(name, attrs)
+    rows = []
+    for r in sorted(current.values(), key=lambda r: r.oid):
+        v = {"oid": (r.oid, _OID), "rolname": (r.name, _NAME), "rolsuper": (r.superuser, _BOOL),
+             "rolinherit": (True, _BOOL), "rolcreaterole": (r.superuser, _BOOL),
+             "rolcreatedb": (r.superuser, _BOOL), "rolcanlogin": (r.login, _BOOL),
+             "rolreplication": (r.replication, _BOOL), "rolconnlimit": (-1, _INT4),
+             "rolvaliduntil": (None, _TSTZ), "rolbypassrls": (r.superuser, _BOOL), "rolconfig": (None, _TEXT),
+             "rolpassword": ((r.password if rel == "pg_authid" else "********") if r.password else None, _TEXT)}
+        rows.append([v[name] for name, _ in VIEW_COLUMNS[rel]])
+    return rows

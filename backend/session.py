@@ -126,6 +126,9 @@ class Connection:
                     self.on_startup(self.startup.packet)
                     if self.state == ConnState.READY and leftover:
                         self.reader.feed(leftover)
+                    elif self.auth is not None and leftover:
+                        self.reader.feed(leftover)
+                        self.process_auth()
             else:
                 self.reader.feed(data)
             self.process_messages()

@@ -1119,6 +1119,13 @@ def _f_lsn_diff(ctx: "Session", args: list[Value]) -> Value:
     return (None if a is None or b is None else str(a - b), NUMERIC)
 
 
+@sqlfunc("pg_reload_conf", 0, BOOL)
+def _f_reload_conf(ctx: "Session", args: list[Value]) -> Value:
+    roles.require_superuser(ctx, "permission denied for function pg_reload_conf")
+    ctx.engine.request_reload()
+    return (True, BOOL)
+
+
 @sqlfunc("pg_backend_pid", 0, INT4)
 def _f_pid(ctx: "Session", args: list[Value]) -> Value:
     return (ctx.pid, INT4)
@@ -1205,7 +1212,9 @@ REL_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("sender_host", TEXT), ("sender_port", INT4), ("conninfo", TEXT)],
 }
 REL_ALIASES = {"public.kv": "kv", "pg_catalog.pg_stat_replication": "pg_stat_replication",
-               "pg_catalog.pg_stat_wal_receiver": "pg_stat_wal_receiver"}
+               "pg_catalog.pg_stat_wal_receiver": "pg_stat_wal_receiver",
+               "pg_catalog.pg_roles": "pg_roles", "pg_catalog.pg_authid": "pg_authid"}
+REL_COLUMNS.update(roles.VIEW_COLUMNS)
 
 # WalSndState as PostgreSQL orders it (walsender_private.h)
 WALSND_STATES = ("startup", "backup", "catchup", "streaming", "stopping")
@@ -1305,6 +1314,9 @@ class Engine:
         raise NotImplementedError
 
     def request_promote(self) -> None:
+        raise NotImplementedError
+
+    def request_reload(self) -> None:
         raise NotImplementedError
 
     def timeline(self) -> int:
@@ -1509,8 +1521,9 @@ class Session:
             "transaction_read_only": "on" if (eng.in_recovery() or (self.txn and self.txn.read_only)) else "off",
             "default_transaction_read_only": "off",
             "client_encoding": "UTF8", "datestyle": "ISO, MDY", "timezone": "UTC", "intervalstyle": "postgres",
-            "standard_conforming_strings": "on", "is_superuser": "on", "session_authorization":
-                self.params.get("user", "postgres"),
+            "standard_conforming_strings": "on",
+            "is_superuser": "on" if self.role is None or self.role.superuser else "off",
+            "session_authorization": self.role.name if self.role is not None else self.params.get("user", "postgres"),
             "server_version": "15.0", "server_version_num": "150000", "wal_level": "replica",
             "in_hot_standby": "on" if eng.in_recovery() else "off", "search_path": '"$user", public',
             "application_name": self.params.get("application_name", ""),
@@ -1800,6 +1813,7 @@ class Session:
             src_rows = [{"key": (k, TEXT), "value": (v, TEXT)} for k, v in pairs]
         else:
             raw = stat_replication_rows(self.engine.shared) if rel == "pg_stat_replication" \
+                else roles.view_rows(self, rel) if rel in roles.VIEW_COLUMNS \
                 else stat_wal_receiver_rows(self.engine.shared)
             names = [c for c, _ in REL_COLUMNS[rel]]
             src_rows = [dict(zip(names, r)) for r in raw]

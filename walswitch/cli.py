@@ -50,14 +50,14 @@ def cmd_init(args: argparse.Namespace) -> int:
                 raise CliError("Passwords didn't match.")
         auth_host = args.auth_host or args.auth or "trust"
         auth_local = args.auth_local or args.auth or "trust"
-        if auth_host == "trust" or auth_local == "trust":
-            print('initdb: warning: enabling "trust" authentication for local connections\n'
-                  'initdb: hint: You can change this by editing pg_hba.conf or using the option -A, '
-                  'or --auth-local and --auth-host, the next time you run initdb.', file=sys.stderr)
         if auth_host in ("md5", "scram-sha-256", "password") and password is None:
             raise CliError(f'must specify a password for the superuser to enable {auth_host} authentication')
         initdb(args.datadir, wal_segsize_mb=args.wal_segsize, port=args.port, superuser=args.username,
                password=password, auth_host=auth_host, auth_local=auth_local)
+        if "trust" in (auth_host, auth_local):
+            print(f'{PROG} init: warning: enabling "trust" authentication for local connections\n'
+                  f'{PROG} init: hint: You can change this by editing pg_hba.conf or using the option -A, '
+                  'or --auth-local and --auth-host, the next time you run init.', file=sys.stderr)
     except OSError as e:
         raise CliError(f'could not read password from file "{args.pwfile}": {e.strerror}') from None
     except InitError as e:
@@ -225,6 +225,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if st["postmaster_pid"] is not None else 3
 
 
+# ---------------------------------------------------------------- reload
+def cmd_reload(args: argparse.Namespace) -> int:
+    """pg_ctl reload: SIGHUP to the postmaster, which re-reads the settings and pg_hba.conf."""
+    from postmaster import pidfile
+    datadir = check_datadir(args.datadir, "reload")
+    info = pidfile.read(datadir)
+    if not pidfile.is_running(info):
+        raise CliError(f'PID file "{pidfile.path(datadir)}" does not exist; is server running?')
+    os.kill(info.pid, signal.SIGHUP)
+    print("server signaled")
+    return 0
+
+
 # ---------------------------------------------------------------- promote
 def cmd_promote(args: argparse.Namespace) -> int:
     from postmaster import pidfile
@@ -320,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--compact", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("reload", help="re-read the configuration files and pg_hba.conf (SIGHUP)")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.set_defaults(func=cmd_reload)
 
     s = sub.add_parser("promote", help="promote a standby")
     s.add_argument("-D", "--pgdata", dest="datadir")

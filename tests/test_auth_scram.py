@@ -1,0 +1,151 @@
+"""SCRAM-SHA-256 server state machine (libpq/scram.py) against an RFC 5802 client written here,
+and the wire: what a server without TLS advertises, psycopg 3 (libpq 18) and psql clients."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import subprocess
+
+import psycopg
+import pytest
+
+from libpq import scram
+from libpq.scram import ScramError, ScramServer
+from tests.cluster import pg_tool, wait_for, walswitch
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _h(k: bytes, m: bytes) -> bytes:
+    return hmac.new(k, m, hashlib.sha256).digest()
+
+
+def client_exchange(server: ScramServer, password: str, mech: str, cb_flag: str, cb_data: bytes = b""):
+    """Run one exchange as a client would; returns the server-final message."""
+    cnonce = base64.b64encode(os.urandom(18)).decode()
+    gs2 = f"{cb_flag},,"
+    bare = f"n=,r={cnonce}"
+    first = server.start(mech, (gs2 + bare).encode()).decode()
+    attrs = dict(p.split("=", 1) for p in first.split(","))
+    assert attrs["r"].startswith(cnonce)
+    sp = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    ck = _h(sp, b"Client Key")
+    without = f"c={base64.b64encode(gs2.encode() + cb_data).decode()},r={attrs['r']}"
+    auth = f"{bare},{first},{without}".encode()
+    proof = bytes(a ^ b for a, b in zip(ck, _h(hashlib.sha256(ck).digest(), auth)))
+    final = server.finish(f"{without},p={base64.b64encode(proof).decode()}".encode()).decode()
+    assert final == "v=" + base64.b64encode(_h(_h(sp, b"Server Key"), auth)).decode()
+    return final
+
+
+def test_scram_plain_and_wrong_password():
+    v = scram.make_verifier("pw")
+    assert scram.parse_verifier(v.encode()) == v and v.iterations == 4096
+    s = ScramServer("u", v)
+    assert s.mechanisms() == ["SCRAM-SHA-256"]
+    client_exchange(s, "pw", "SCRAM-SHA-256", "n")
+    with pytest.raises(ScramError) as e:
+        client_exchange(ScramServer("u", v), "nope", "SCRAM-SHA-256", "n")
+    assert e.value.sqlstate == "28P01" and e.value.message == 'password authentication failed for user "u"'
+
+
+def test_unknown_user_gets_same_exchange_and_error():
+    s1, s2 = ScramServer("ghost", None), ScramServer("ghost", None)
+    first1 = s1.start("SCRAM-SHA-256", b"n,,n=,r=abc").decode()
+    first2 = s2.start("SCRAM-SHA-256", b"n,,n=,r=abc").decode()
+    assert first1.split(",")[1:] == first2.split(",")[1:]      # stable mock salt, 4096 iterations
+    with pytest.raises(ScramError) as e:
+        client_exchange(ScramServer("ghost", None), "anything", "SCRAM-SHA-256", "n")
+    assert e.value.sqlstate == "28P01" and "ghost" in e.value.message
+
+
+def test_channel_binding_plus():
+    v = scram.make_verifier("pw")
+    cb = hashlib.sha256(b"certificate").digest()
+    s = ScramServer("u", v, channel_binding=cb)
+    assert s.mechanisms() == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    client_exchange(s, "pw", "SCRAM-SHA-256-PLUS", "p=tls-server-end-point", cb)
+    with pytest.raises(ScramError, match="channel binding check failed"):
+        client_exchange(ScramServer("u", v, cb), "pw", "SCRAM-SHA-256-PLUS", "p=tls-server-end-point",
+                        hashlib.sha256(b"other").digest())
+    with pytest.raises(ScramError, match="negotiation error"):       # downgrade attempt
+        client_exchange(ScramServer("u", v, cb), "pw", "SCRAM-SHA-256", "y")
+    with pytest.raises(ScramError, match="invalid SASL authentication mechanism"):
+        ScramServer("u", v).start("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=x")
+
+
+@pytest.mark.parametrize("junk", [b"", b"x", b"n,,", b"n,,n=,r=", b"q,,n=,r=a", b"n,a=b,n=,r=x", b"\xff\xfe"])
+def test_malformed_client_first(junk):
+    with pytest.raises(ScramError) as e:
+        ScramServer("u", scram.make_verifier("pw")).start("SCRAM-SHA-256", junk)
+    assert e.value.sqlstate in ("08P01", "0A000")
+
+
+def _startup(port: int, user: str) -> bytes:
+    body = struct.pack("!I", 196608) + b"".join(x.encode() + b"\0" for x in ("user", user, "database", "postgres"))
+    body += b"\0"
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    head = s.recv(5)
+    rest = b""
+    (n,) = struct.unpack("!I", head[1:5])
+    while len(rest) < n - 4:
+        rest += s.recv(n - 4 - len(rest))
+    s.close()
+    return head[:1] + rest
+
+
+def test_wire_scram_without_tls(nodes, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("sup3r\n")
+    n = nodes("p")
+    walswitch("init", "-D", n.datadir, "--wal-segsize", "1", "-p", str(n.port), "-U", "admin",
+              "--pwfile", str(pw), "--auth", "scram-sha-256")
+    n.start()
+    # AuthenticationSASL offers SCRAM-SHA-256 only: no -PLUS without TLS
+    msg = _startup(n.port, "admin")
+    assert msg[:1] == b"R" and struct.unpack("!I", msg[1:5])[0] == 10
+    assert msg[5:].split(b"\0")[:2] == [b"SCRAM-SHA-256", b""]
+    dsn = f"host=127.0.0.1 port={n.port} dbname=postgres user=admin"
+    with psycopg.connect(dsn + " password=sup3r") as c:
+        assert c.execute("SELECT current_user").fetchone() == ("admin",)
+        c.execute("SET password_encryption = 'md5'")
+        c.execute("CREATE ROLE m LOGIN PASSWORD 'mpw'")
+        assert c.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'm'").fetchone()[0] == \
+            scram.md5_verifier("mpw", "m")
+    with pytest.raises(psycopg.OperationalError, match='password authentication failed for user "admin"'):
+        psycopg.connect(dsn + " password=wrong")
+    with pytest.raises(psycopg.OperationalError, match="channel binding"):
+        psycopg.connect(dsn + " password=sup3r channel_binding=require sslmode=disable")
+    # psql, password from the environment (PGPASSWORD); scram with an md5 secret fails as PostgreSQL
+    env = {**os.environ, "PGPASSWORD": "sup3r", "PGCONNECT_TIMEOUT": "10"}
+    r = subprocess.run([pg_tool("psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(n.port), "-U", "admin",
+                        "-d", "postgres", "-c", "SELECT current_user"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "admin", r.stderr
+    env["PGPASSWORD"] = "mpw"
+    r = subprocess.run([pg_tool("psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(n.port), "-U", "m",
+                        "-d", "postgres", "-c", "SELECT 1"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and 'password authentication failed for user "m"' in r.stderr
+    # password method: cleartext checked against the stored SCRAM secret
+    with open(os.path.join(n.datadir, "pg_hba.conf"), "w") as f:
+        f.write("host all m 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 password\n")
+    walswitch("reload", "-D", n.datadir)
+    n.wait_log("received SIGHUP")
+
+    def md5_ok() -> bool:
+        try:
+            psycopg.connect(dsn.replace("user=admin", "user=m") + " password=mpw").close()
+            return True
+        except psycopg.OperationalError:
+            return False
+    wait_for(md5_ok, 30, "md5 login after reload")
+    with psycopg.connect(dsn + " password=sup3r") as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn + " password=bad")
+    assert "sup3r" not in n.log_text() and "mpw" not in n.log_text()
