@@ -150,3 +150,26 @@ def test_standby_roles_survive_promotion(nodes):
     r = as_postgres([pg_tool("pg_receivewal"), "-d", s.dsn(user="app", password="apw2"), "-D", "/tmp",
                      "--no-loop", "-n"], timeout=60)
     assert "must be superuser or replication role" in r.stderr
+
+
+def test_standby_streams_as_scram_replication_role(nodes):
+    """The walreceiver authenticates with SCRAM as a REPLICATION role; a wrong password does not stream."""
+    p = nodes("p")
+    p.init()
+    p.start()
+    p.sql("CREATE ROLE repl LOGIN REPLICATION PASSWORD 'rpw'")
+    s = nodes.standby(p, start=False)
+    _hba(p, "host replication repl 127.0.0.1/32 scram-sha-256\nhost all postgres 127.0.0.1/32 trust\n")
+    _reload(p)
+    p.wait_log("received SIGHUP")
+    s.set_conf(primary_conninfo=f"host=127.0.0.1 port={p.port} user=repl password=wrong")
+    s.start(wait_ready=False)
+    s.wait_log('password authentication failed for user "repl"', timeout=60)
+    assert s.status()["walreceiver_state"] != "streaming"
+    s.stop()
+    s.set_conf(primary_conninfo=f"host=127.0.0.1 port={p.port} user=repl password=rpw")
+    s.start(wait_ready=False)
+    p.sql("INSERT INTO kv VALUES ('after', 'auth')")
+    wait_for(lambda: s.dump()[0].get("after") == "auth", 60, "the row to reach the standby")
+    assert s.status()["walreceiver_state"] == "streaming"
+    assert "rpw" not in s.log_text() and "rpw" not in p.log_text()
