@@ -302,7 +302,7 @@ class Backend(Engine):
             return
         conn.flush_out()          # the 'N' to an SSLRequest, if any
         try:
-            socket.send_fds(self.handoff_sock, [handoff_payload(pkt)], [conn.sock.fileno()])
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, conn.role)], [conn.sock.fileno()])
         except OSError as e:
             log.warning("could not hand replication connection to the postmaster: %s", e)
             conn.fatal("08006", "could not start WAL sender")

@@ -340,5 +340,17 @@ class Connection:
             pass
 
 
-def handoff_payload(pkt: P.StartupPacket) -> bytes:
-    return json.dumps(pkt.params).encode() + b"\n"
+ROLE_KEYS = ("walswitch.role", "walswitch.role_superuser", "walswitch.role_replication")
+
+
+def handoff_payload(pkt: P.StartupPacket, role: RoleInfo | None = None) -> bytes:
+    """The startup parameters and the authenticated role for the walsender (first line, JSON).
+
+    The role keys are always set here, never taken from the client: a client-sent
+    ``walswitch.role*`` option is dropped so that it cannot claim a role.
+    """
+    params = {k: v for k, v in pkt.params.items() if not k.startswith("walswitch.role")}
+    if role is not None:
+        params.update(dict(zip(ROLE_KEYS, (role.name, "on" if role.superuser else "off",
+                                           "on" if role.replication else "off"))))
+    return json.dumps(params).encode() + b"\n"

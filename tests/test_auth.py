@@ -1,11 +1,17 @@
 """Authentication, roles and privileges with real clients over TCP (issue 10, items 1-3)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 
+import psycopg
 import psycopg2
 import pytest
+
+from backend.session import handoff_payload
+from libpq.protocol import StartupPacket
+from storage.roles import RoleInfo
 
 from libpq import scram
 from libpq.hba import HbaError, parse_hba
@@ -173,3 +179,25 @@ def test_standby_streams_as_scram_replication_role(nodes):
     wait_for(lambda: s.dump()[0].get("after") == "auth", 60, "the row to reach the standby")
     assert s.status()["walreceiver_state"] == "streaming"
     assert "rpw" not in s.log_text() and "rpw" not in p.log_text()
+
+
+def test_replication_handoff_carries_authenticated_role(nodes):
+    """The walsender reports the role the backend authenticated; a client cannot inject role keys."""
+    p = nodes("p")
+    p.init()
+    p.start()
+    p.sql("CREATE ROLE repl LOGIN REPLICATION")
+    with psycopg.connect(p.dsn(user="repl", replication="true"), autocommit=True) as c:
+        assert c.info.parameter_status("is_superuser") == "off"
+        assert c.info.parameter_status("session_authorization") == "repl"
+        res = c.pgconn.exec_(b"IDENTIFY_SYSTEM")
+        assert res.status == psycopg.pq.ExecStatus.TUPLES_OK
+
+
+def test_handoff_payload_drops_client_role_keys():
+    pkt = StartupPacket({"user": "u", "replication": "true", "walswitch.role_superuser": "on",
+                         "walswitch.role": "postgres"})
+    assert json.loads(handoff_payload(pkt, RoleInfo("u", replication=True))) == {
+        "user": "u", "replication": "true", "walswitch.role": "u", "walswitch.role_superuser": "off",
+        "walswitch.role_replication": "on"}
+    assert "walswitch.role" not in json.loads(handoff_payload(pkt))
