@@ -21,6 +21,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from libpq import scram
 from libpq.protocol import cstr, msg
@@ -28,8 +29,8 @@ from libpq.protocol import cstr, msg
 AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 3, 5, 10, 11, 12
 
 
-class RoleLike:
-    """What we need of storage.roles.RoleInfo (a Protocol in spirit; libpq does not import storage)."""
+class RoleLike(Protocol):
+    """What authentication needs of a role (storage.roles.RoleInfo)."""
     name: str
     password: str | None
 

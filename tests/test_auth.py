@@ -201,3 +201,31 @@ def test_handoff_payload_drops_client_role_keys():
         "user": "u", "replication": "true", "walswitch.role": "u", "walswitch.role_superuser": "off",
         "walswitch.role_replication": "on"}
     assert "walswitch.role" not in json.loads(handoff_payload(pkt))
+
+
+def test_hba_keywords_types_and_addresses():
+    rules = parse_hba('local all all trust\nhostnossl all all 127.0.0.1 255.255.255.255 md5\n'
+                      'hostssl all all samehost scram-sha-256\nhost sameuser all ::1/128 password\n'
+                      'host db1,"db 2" u 192.168.0.0/16 trust\n')
+    assert rules.match("127.0.0.1", False, "x", "y", False).method == "md5"        # local never matches
+    assert rules.match("127.0.0.1", True, "x", "y", False).method == "scram-sha-256"
+    assert rules.match("::1", False, "bob", "bob", False).method == "password"
+    assert rules.match("::1", False, "other", "bob", False) is None
+    assert rules.match("::ffff:192.168.3.4", False, "db 2", "u", False).method == "trust"
+    assert rules.match("192.168.3.4", False, "db 2", "u", True) is None       # "all"/names never match replication
+    assert rules.match("10.0.0.1", False, "db1", "u", False) is None
+
+
+@pytest.mark.parametrize("text, err", [
+    ('host all all 127.0.0.1/32 "trust\n', "unterminated quoted string"),
+    ("host all all 127.0.0.1/33 trust\n", 'invalid IP address "127.0.0.1/33"'),
+    ("host all all 127.0.0.1 255.0.255.0 trust\n", "invalid IP mask"),
+    ("host all all 127.0.0.1/32\n", "end-of-line before authentication method"),
+    ("hots all all 127.0.0.1/32 trust\n", 'invalid connection type "hots"'),
+    ("include other.conf\n", "include"),
+    ("host all all 127.0.0.1/32 trust clientcert\n", "name=value"),
+])
+def test_hba_bad_lines(text, err):
+    with pytest.raises(HbaError) as e:
+        parse_hba("# ok\n" + text, "/d/pg_hba.conf")
+    assert err in str(e.value) and str(e.value).endswith('in file "/d/pg_hba.conf" line 2')
