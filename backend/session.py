@@ -49,6 +49,7 @@ log = elog.logger()
 MAX_PENDING_OUTPUT = 4 << 20
 AUTHENTICATION_TIMEOUT = 60.0          # PostgreSQL's authentication_timeout default
 RECV_SIZE = 256 * 1024
+MAX_AUTH_MESSAGE = 65535 + 5           # an authentication message, with its type and length
 EXTENDED_MESSAGES = {b"P", b"B", b"E", b"D", b"C", b"F"}
 
 
@@ -159,6 +160,11 @@ class Connection:
         self.auth_step(self.auth.begin())
 
     def process_auth(self) -> None:
+        if len(self.reader.buf) > MAX_AUTH_MESSAGE:
+            # PostgreSQL reads authentication messages with a 64 kB limit (PG_MAX_AUTH_TOKEN_LENGTH).
+            self.auth = None
+            self.fatal("08P01", "invalid message length")
+            return
         while self.auth is not None and not self.close_after_flush:
             m = self.reader.next()
             if m is None:

@@ -149,3 +149,34 @@ def test_wire_scram_without_tls(nodes, tmp_path):
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn + " password=bad")
     assert "sup3r" not in n.log_text() and "mpw" not in n.log_text()
+
+
+def test_garbage_during_authentication(nodes, tmp_path):
+    """Malformed or oversized SASL messages get a FATAL and a closed connection; the server stays up."""
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    n = nodes("p")
+    walswitch("init", "-D", n.datadir, "--wal-segsize", "1", "-p", str(n.port), "-U", "postgres",
+              "--pwfile", str(pw), "--auth", "scram-sha-256")
+    n.start()
+    body = struct.pack("!I", 196608) + b"user\0postgres\0\0"
+    for payload in (b"p" + struct.pack("!I", 8) + b"xx\0\0",                      # no length field
+                    b"p" + struct.pack("!I", 4 + 20) + b"SCRAM-SHA-256\0" + struct.pack("!i", 99) + b"n,",
+                    b"p" + struct.pack("!I", 200000) + b"A" * 100000,              # oversized
+                    b"Q" + struct.pack("!I", 13) + b"SELECT 1;\0"):                # not a password message
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=10)
+        s.sendall(struct.pack("!I", len(body) + 4) + body)
+        assert s.recv(1) == b"R"
+        s.recv(65536)
+        s.sendall(payload)
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        assert got[:1] == b"E" and b"FATAL" in got, (payload[:20], got)
+    with psycopg.connect(f"host=127.0.0.1 port={n.port} user=postgres dbname=postgres password=pw") as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    assert not n.events("crash")
