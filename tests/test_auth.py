@@ -229,3 +229,14 @@ def test_hba_bad_lines(text, err):
     with pytest.raises(HbaError) as e:
         parse_hba("# ok\n" + text, "/d/pg_hba.conf")
     assert err in str(e.value) and str(e.value).endswith('in file "/d/pg_hba.conf" line 2')
+
+
+def test_start_refuses_bad_or_missing_hba(nodes):
+    p = nodes("p")
+    p.init()
+    _hba(p, "host all all 127.0.0.1/32 trust\nhost all all nowhere md5\n")
+    r = walswitch("start", "-D", p.datadir, check=False)
+    assert r.returncode != 0 and 'in file "' in r.stderr and 'pg_hba.conf" line 2' in r.stderr
+    os.unlink(os.path.join(p.datadir, "pg_hba.conf"))
+    r = walswitch("start", "-D", p.datadir, check=False)
+    assert r.returncode != 0 and "could not load pg_hba.conf" in r.stderr

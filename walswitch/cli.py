@@ -77,6 +77,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         cfg = cfgmod.load(datadir, overrides)
     except cfgmod.ConfigError as e:
         raise CliError(str(e)) from None
+    from libpq.hba import HbaError, load_hba
+    try:
+        load_hba(os.path.join(datadir, "pg_hba.conf"))
+    except HbaError as e:
+        raise CliError(f"{e}; could not load pg_hba.conf") from None
     from xlog.control import ControlFileError, read_control
     try:
         read_control(datadir)
