@@ -98,6 +98,10 @@ def test_methods_roles_privileges(nodes):
     r = as_postgres([pg_tool("pg_receivewal"), "-d", p.dsn(user="alice", password="secret"), "-D", "/tmp",
                      "--no-loop", "-n"], timeout=60)
     assert r.returncode != 0 and "must be superuser or replication role to start walsender" in r.stderr
+    r = as_postgres([pg_tool("pg_basebackup"), "-d", p.dsn(user="alice", password="secret"), "-D",
+                     "/tmp/never-written-auth-test", "-Xnone"], timeout=60)
+    assert r.returncode != 0 and "must be superuser or replication role to start walsender" in r.stderr
+    assert not os.path.exists("/tmp/never-written-auth-test")
     # a bad file keeps the old rules (pg_reload_conf as the superuser)
     _hba(p, "host all all 127.0.0.1/32 bogus\n")
     assert p.sql("SELECT pg_reload_conf()") == [(True,)]
