@@ -30,17 +30,22 @@ walsender.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
 import signal
 import socket
+import ssl
 import time
 from typing import Any
 
 from backend import checkpoint as ckpt
+from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import CommitWait, Engine, Panic, SQLError, Txn
 from libpq import protocol as P
+from libpq import tls as tls_mod
+from libpq.tls import TLSConfigError
 from storage.kvstore import KVStore, kv_path
 from utils import config as cfgmod
 from utils import elog
@@ -72,6 +77,7 @@ class Backend(Engine):
         self.sleepers: list[Connection] = []
         self.shutdown_mode: str | None = None
         self.reload_pending = False
+        self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
         self.writer: WalWriter | None = None
         self.store: KVStore | None = None
         self.hba: HbaRules | None = None     # pg_hba.conf; kept when a reload finds it bad
@@ -89,6 +95,8 @@ class Backend(Engine):
         self._segsize = 0
         self.sig_r = self.sig_w = -1
         self.next_sweep = 0.0
+        self.fds = FdBudget()
+        self.listening = False           # the listen socket is registered (not backing off)
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -278,8 +286,11 @@ class Backend(Engine):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.warning("could not accept new connection: %s", e)
+                self.accept_failed(e)
                 return
+            if not self.fds.room_for_client():
+                self.fds.refuse(sock)
+                continue
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -287,6 +298,49 @@ class Backend(Engine):
             self.conns[conn.fd] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
             conn.registered_mask = selectors.EVENT_READ
+
+    def accept_failed(self, e: OSError) -> None:
+        """Out of descriptors (or another accept error): refuse one waiting client with a spare
+        descriptor, then stop listening for ACCEPT_BACKOFF instead of spinning on a readable socket."""
+        assert self.listen_sock is not None
+        if e.errno in (errno.EMFILE, errno.ENFILE) and self.fds.release_spare():
+            with contextlib.suppress(OSError):
+                sock, _addr = self.listen_sock.accept()
+                self.fds.refuse(sock)
+            self.fds.restore_spares()
+        self.fds.accept_failed(e)
+        self.set_listening(False)
+
+    def set_listening(self, on: bool) -> None:
+        if self.listen_sock is None or on == self.listening:
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            if on:
+                self.sel.register(self.listen_sock, selectors.EVENT_READ, "listen")
+            else:
+                self.sel.unregister(self.listen_sock)
+        self.listening = on
+
+    def wake(self) -> None:
+        """Wake the loop from another thread (a statement parsed off the loop)."""
+        with contextlib.suppress(OSError):
+            os.write(self.sig_w, b"\0")
+
+    def cancel_request(self, pid: int, key: int) -> None:
+        """CancelRequest: cancel the running statement of the session with this (pid, key)."""
+        if pid != os.getpid():
+            return
+        for conn in list(self.conns.values()):
+            if conn.cancel_key == key and conn.session is not None:
+                conn.request_interrupt("57014", "canceling statement due to user request")
+                return
+
+    def check_statement_timeouts(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if conn.statement_deadline is not None and conn.gen is not None and now >= conn.statement_deadline:
+                conn.statement_deadline = None
+                conn.request_interrupt("57014", "canceling statement due to statement timeout")
 
     def forget(self, conn: Connection) -> None:
         if self.conns.get(conn.fd) is conn:
@@ -316,7 +370,7 @@ class Backend(Engine):
             mask = 0
             if conn.wants_read():
                 mask |= selectors.EVENT_READ
-            if conn.out:
+            if conn.out or conn.raw_out:
                 mask |= selectors.EVENT_WRITE
             if mask != conn.registered_mask:
                 try:
@@ -332,7 +386,7 @@ class Backend(Engine):
 
     def flush_outputs(self) -> None:
         for conn in list(self.conns.values()):
-            if conn.out:
+            if conn.out or conn.raw_out:
                 conn.flush_out()
 
     # ------------------------------------------------------------ signals
@@ -361,13 +415,28 @@ class Backend(Engine):
 
     def reload_config(self) -> None:
         self.reload_pending = False
+        self.load_hba()          # independent of the settings file, as PostgreSQL's reload
         overrides = [(k, str(v)) for k, v in self.config.values.items()
                      if self.config.sources.get(k) == "command line"]
         try:
             self.config = cfgmod.load(self.datadir, overrides)
         except cfgmod.ConfigError as e:
             log.error("configuration file was not reloaded: %s", e)
-        self.load_hba()
+            return
+        try:
+            self.load_tls()
+        except TLSConfigError as e:
+            log.error("%s", str(e).replace("\nDETAIL:  ", " "))
+            log.warning("the previous SSL configuration stays in use")
+
+    def load_tls(self) -> None:
+        """(Re)build the TLS context from the settings, as PostgreSQL does at start and on reload."""
+        ctx = tls_mod.server_context(self.config, self.datadir)
+        if ctx is None:
+            self.tls = None
+            return
+        with open(os.path.join(self.datadir, self.config["ssl_cert_file"]), "rb") as f:
+            self.tls = (ctx, tls_mod.tls_server_end_point(f.read()))
 
     def load_hba(self) -> None:
         """(Re)read pg_hba.conf; a bad file keeps the rules in force (PostgreSQL's load_hba)."""
@@ -381,6 +450,7 @@ class Backend(Engine):
     def start(self) -> None:
         self.install_signals()
         self.load_hba()
+        self.load_tls()          # the postmaster checked the files already; a failure here is a FATAL
         x = self.shared.xlog.read()
         self._segsize = int(x["wal_segsize"])
         if not x["in_recovery"]:
@@ -390,7 +460,7 @@ class Backend(Engine):
             self.store = KVStore(kv_path(self.datadir), readonly=True)
         if self.listen_sock is not None:
             self.listen_sock.setblocking(False)
-            self.sel.register(self.listen_sock, selectors.EVENT_READ, "listen")
+            self.set_listening(True)
         self.sel.register(self.ctx.death_fd, selectors.EVENT_READ, "death")
         self.sel.register(self.sig_r, selectors.EVENT_READ, "signal")
         self.last_ckpt_request = int(self.shared.pm.get("checkpoint_requested"))
@@ -448,15 +518,20 @@ class Backend(Engine):
                         conn.flush_out()
             self.group_commit()
             self.wake_sleepers()
+            self.check_statement_timeouts()
             self.group_commit()
+            if self.writer is None and self.shutdown_mode is None and not self.shared.xlog.get("in_recovery"):
+                # Before the outputs go: a pg_promote() answered in this round must find the
+                # backend already the WAL inserter (a SIGTERM right after it wrote no checkpoint).
+                self.promote_in_place()
             self.flush_outputs()
             if self.reload_pending:
                 self.reload_config()
             if self.writer is not None:
                 self.timers()
-            elif self.shutdown_mode is None and not self.shared.xlog.get("in_recovery"):
-                self.promote_in_place()
             self.sweep_startups()
+            if not self.listening and time.monotonic() >= self.fds.paused_until:
+                self.set_listening(True)
             self.shared.latches["backend"].reset()
             if self.shutdown_mode is not None and self.shutdown_ready():
                 return self.shutdown()
@@ -573,6 +648,7 @@ class Backend(Engine):
                 self.writer.close()
         if self.store is not None:
             self.store.close()
+        self.fds.close()
         with contextlib.suppress(Exception):
             signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):

@@ -20,19 +20,27 @@ fsynced.  Input is not read while a query runs, nor while more than
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import random
+import secrets
 import socket
+import ssl
+import threading
 import time
 from enum import Enum
 from typing import Any, Protocol
 
 from backend.clientauth import AuthOutcome, ClientAuth
+from backend.extended import Extended
+from backend.nodes import Stmt
+from backend.parse import parse
 from backend.sql import CommitWait, Panic, Session, Until, Wait
 from libpq import protocol as P
+from libpq.tls import TLSChannel
 from libpq.protocol import ProtocolError, SQLError
 from storage.roles import RoleInfo
+from utils import config as cfgmod
 from utils import elog
 
 
@@ -44,13 +52,18 @@ class ConnectionOwner(Protocol):
 
     def forget(self, conn: "Connection") -> None: ...
 
+    def wake(self) -> None: ...
+
 log = elog.logger()
 
 MAX_PENDING_OUTPUT = 4 << 20
 AUTHENTICATION_TIMEOUT = 60.0          # PostgreSQL's authentication_timeout default
 RECV_SIZE = 256 * 1024
 MAX_AUTH_MESSAGE = 65535 + 5           # an authentication message, with its type and length
-EXTENDED_MESSAGES = {b"P", b"B", b"E", b"D", b"C", b"F"}
+EXTENDED_MESSAGES = {b"P", b"B", b"D", b"E", b"C", b"S", b"H"}
+# A Query longer than this is decoded and parsed in a thread, so that the loop goes on serving
+# the other sessions meanwhile (bench/isolation.py: a 16 MiB statement and others' commits).
+BIG_STATEMENT = 1 << 20
 
 
 class ConnState(Enum):
@@ -67,18 +80,26 @@ class Connection:
         self.addr = addr
         self.state = ConnState.STARTUP
         self.startup = P.StartupParser()
-        self.reader = P.MessageReader()
+        self.reader = P.MessageReader(P.FRONTEND_LIMITS)
         self.out = bytearray()
         self.session: Session | None = None
         self.gen = None                       # the running query (a generator)
+        self.gen_ends_with_ready = True       # False for an Execute: ReadyForQuery comes at Sync
+        self.extended: Extended | None = None
         self.wait: Wait | None = None
         self.discard_until_sync = False
         self.close_after_flush = False
-        self.cancel_key = random.getrandbits(31)
+        self.cancel_key = secrets.randbits(32)
         self.born = time.monotonic()
+        self.tls: TLSChannel | None = None      # after an SSLRequest answered 'S' (libpq/tls.py)
+        self.raw_out = bytearray()              # bytes for the socket once TLS is on (self.out is plaintext)
+        self.channel_binding_data: bytes | None = None   # tls-server-end-point, for SCRAM-SHA-256-PLUS
+        # Cancel and statement_timeout: the monotonic deadline of the running statement, and the
+        # error to throw into it at its next wait (a single-process backend cannot interrupt code
+        # that is running, only a statement that waits).
+        self.statement_deadline: float | None = None
+        self.interrupt: SQLError | None = None
         self.registered_mask = 0
-        self.ssl_in_use = False               # set by TLS (helper tls)
-        self.channel_binding_data: bytes | None = None   # tls-server-end-point hash
         self.auth: ClientAuth | None = None   # between StartupMessage and AuthenticationOk
         self.role: RoleInfo | None = None     # the authenticated role
 
@@ -103,7 +124,8 @@ class Connection:
     # ------------------------------------------------------------ input
     def on_readable(self) -> None:
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.sock.recv(self.startup.wanted() if self.state == ConnState.STARTUP and self.tls is None
+                                  else RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -112,13 +134,27 @@ class Connection:
         if not data:
             self.close()
             return
+        if self.tls is not None:
+            try:
+                data = self.tls.receive(data)
+            except ssl.SSLError as e:
+                log.info("could not accept SSL connection: %s", e.reason or e)
+                self.close()
+                return
+            self.raw_out += self.tls.take_output()     # handshake records
+            if not data:
+                return
         try:
             if self.state == ConnState.STARTUP and self.auth is not None:
                 self.reader.feed(data)
                 self.process_auth()
                 return
             if self.state == ConnState.STARTUP:
+                self.startup.ssl_available = self.backend.tls is not None and not self.startup.ssl_done
                 self.startup.feed(data)
+                if self.startup.start_tls:
+                    self.begin_tls()
+                    return
                 if self.startup.replies:
                     self.out += self.startup.replies
                     self.startup.replies = bytearray()
@@ -133,6 +169,14 @@ class Connection:
             else:
                 self.reader.feed(data)
             self.process_messages()
+        except P.StartupError as e:
+            log.info("%s", e.message)
+            self.out += self.startup.replies          # the 'N' to an SSLRequest before the bad packet
+            self.startup.replies.clear()
+            if e.to_client:
+                self.fatal(e.sqlstate, e.message)
+            else:
+                self.close()
         except ProtocolError as e:
             if self.state == ConnState.STARTUP:
                 log.info("%s", e)
@@ -140,11 +184,37 @@ class Connection:
             else:
                 self.fatal("08P01", str(e))
 
+    def begin_tls(self) -> None:
+        """The 'S' to an SSLRequest goes out in clear; everything after it is TLS."""
+        assert self.backend.tls is not None
+        self.raw_out += self.startup.replies
+        self.startup.replies = bytearray()
+        self.startup.start_tls = False
+        self.tls = TLSChannel(self.backend.tls[0])
+        self.channel_binding_data = self.backend.tls[1]
+        early, self.startup.buf = bytes(self.startup.buf), bytearray()
+        if early:                    # a client that did not wait for the 'S'
+            self.raw_out += self.tls.take_output() if not self.tls.receive(early) else b""
+
+    @property
+    def ssl_in_use(self) -> bool:
+        return self.tls is not None and self.tls.handshaken
+
+    @property
+    def peer_cert_cn(self) -> str | None:
+        return self.tls.peer_common_name() if self.ssl_in_use and self.tls is not None else None
+
     def on_startup(self, pkt: P.StartupPacket) -> None:
         b = self.backend
         if pkt.cancel is not None:
-            # We serve every session in one process; a cancel cannot interrupt anything.
+            # As PostgreSQL: no answer either way, the requester learns nothing.
+            b.cancel_request(*pkt.cancel)
             self.close()
+            return
+        if pkt.replication is not None and self.tls is not None:
+            # A TLS session cannot follow the socket into the walsender process (see README, TLS).
+            self.fatal("0A000", "replication connections over SSL are not supported; use sslmode=disable "
+                                "or prefer for replication")
             return
         if b.shutdown_mode is not None:
             self.fatal("57P03", "the database system is shutting down")
@@ -194,18 +264,42 @@ class Connection:
         b = self.backend
         role = self.role
         assert role is not None
+        # superuser_reserved_connections needs the role: checked after authentication, as InitPostgres.
+        refusal = slot_refusal(b.session_count(), b.config["max_connections"],
+                               b.config.get("superuser_reserved_connections", 0), role.superuser)
+        if refusal is not None:
+            self.fatal("53300", refusal)
+            return
         self.session = Session(b, os.getpid(), pkt.params)
         self.session.role = role
+        self.extended = Extended(self.session)
         self.state = ConnState.READY
         params = P.default_server_params(pkt.params.get("application_name", ""), in_hot_standby=b.in_recovery())
         params["is_superuser"] = "on" if role.superuser else "off"
         params["session_authorization"] = role.name
         self.out += P.startup_greeting(params, os.getpid(), self.cancel_key)
 
+    def is_superuser(self) -> bool:
+        """The connecting role's SUPERUSER attribute; superuser when authentication set no role."""
+        if self.session is not None and hasattr(self.session, "is_superuser"):
+            return bool(getattr(self.session, "is_superuser"))
+        role = getattr(self, "role", None)
+        for attr in ("superuser", "rolsuper", "is_superuser"):
+            if role is not None and hasattr(role, attr):
+                return bool(getattr(role, attr))
+        return True
+
     def process_messages(self) -> None:
         while self.state == ConnState.READY and self.gen is None and not self.close_after_flush \
                 and len(self.out) < MAX_PENDING_OUTPUT:
-            m = self.reader.next()
+            # Called from the socket's readable event and also after a commit, a sleep or a
+            # drained output buffer: a bad message must end this connection on every path,
+            # never escape into the backend's loop.
+            try:
+                m = self.reader.next()
+            except ProtocolError as e:
+                self.fatal("08P01", str(e))
+                return
             if m is None:
                 return
             self.handle_message(*m)
@@ -221,42 +315,123 @@ class Connection:
                 self.discard_until_sync = False
                 self.out += P.ready_for_query(s.status)
             return
-        if mtype == b"Q":
-            self.gen = s.run(P.parse_query(body))
-            self.resume()
-        elif mtype == b"S":
-            self.out += P.ready_for_query(s.status)
+        if mtype == b"Q" and len(body) > BIG_STATEMENT:
+            self.start(self.big_query(body), ready=True)
+        elif mtype == b"Q":
+            try:
+                text = P.parse_query(body)
+            except SQLError as e:
+                s._fail(e)
+                self.out += s.out
+                s.out.clear()
+                self.out += P.ready_for_query(s.status)
+                return
+            self.start(s.run(text), ready=True)
         elif mtype in EXTENDED_MESSAGES:
-            s._fail(SQLError("0A000", "extended query protocol is not supported",
-                             hint="Use the simple query protocol (e.g. pgbench -M simple)."))
-            self.out += s.out
+            self.extended_message(mtype, body)
+        elif mtype == b"F":
+            s._fail(SQLError("0A000", "fastpath function calls are not supported"))
+            self.out += s.out + P.ready_for_query(s.status)
             s.out.clear()
-            self.discard_until_sync = True
-        elif mtype in (b"H", b"d", b"c", b"f", b"p"):
-            pass   # Flush; stray COPY data; a password message after authentication
+        elif mtype in (b"d", b"c", b"f", b"p"):
+            pass   # stray COPY data; a password message after authentication
         else:
             self.fatal("08P01", f"invalid frontend message type {mtype[0]}")
 
+    def extended_message(self, mtype: bytes, body: bytes) -> None:
+        s, ext = self.session, self.extended
+        assert s is not None and ext is not None
+        try:
+            gen = ext.handle(mtype, body)
+        except SQLError as e:
+            self.extended_error(e)
+            return
+        if gen is not None:
+            self.start(gen, ready=mtype == b"S")
+        else:
+            self.out += s.out
+            s.out.clear()
+
+    def extended_error(self, e: SQLError) -> None:
+        """An error in the extended protocol: report it, roll back, skip to the next Sync."""
+        s, ext = self.session, self.extended
+        assert s is not None and ext is not None
+        s._fail(e)
+        ext.after_error()
+        self.out += s.out
+        s.out.clear()
+        self.discard_until_sync = True
+
+    def start(self, gen: Any, ready: bool) -> None:
+        self.start_statement()
+        self.gen = gen
+        self.gen_ends_with_ready = ready
+        self.resume()
+
     # ------------------------------------------------------------ running a query
+    def start_statement(self) -> None:
+        timeout_ms = statement_timeout_ms(self.session, self.backend.config)
+        self.statement_deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms > 0 else None
+        self.interrupt = None
+
+    def big_query(self, body: bytes):
+        """A very large Query: decode and parse in a thread (waiting as a sleeping statement,
+        so cancel and statement_timeout apply), then run it on the loop as any other."""
+        job = ParseJob(body, self.backend.wake)
+        yield Until(job.done.is_set, float("inf"))
+        if job.error is not None:
+            raise job.error
+        assert self.session is not None
+        yield from self.session.run(job.text, job.stmts)
+
+    def request_interrupt(self, sqlstate: str, message: str) -> None:
+        """Cancel (57014) the running statement: at once if it sleeps, else at its next wait.
+
+        A statement waiting for its commit to be flushed is left alone: the commit record is
+        already in WAL, as PostgreSQL's commit cannot be cancelled either.
+        """
+        if self.gen is None or self.closed:
+            return
+        self.interrupt = SQLError(sqlstate, message)
+        if isinstance(self.wait, Until):
+            with_sleepers = self.backend.sleepers
+            if self in with_sleepers:
+                with_sleepers.remove(self)
+            self.resume()
+            if self.gen is None:
+                self.process_messages()
+
     def resume(self) -> None:
         """Advance the running query until it waits or ends."""
         s = self.session
         assert s is not None and self.gen is not None
         self.wait = None
         try:
-            w = self.gen.send(None)
+            if self.interrupt is not None:
+                err, self.interrupt = self.interrupt, None
+                w = self.gen.throw(err)
+            else:
+                w = self.gen.send(None)
         except StopIteration:
             self.gen = None
+            self.statement_deadline = None
             self.out += s.out
             s.out.clear()
-            self.out += P.ready_for_query(s.status)
+            if self.gen_ends_with_ready:
+                self.out += P.ready_for_query(s.status)
             return
         except Panic:
             raise
         except Exception as e:  # noqa: BLE001 - a bug in one query must not take the others down
-            log.error("internal error while executing query: %s", e, exc_info=True)
             self.gen = None
-            s._fail(e if isinstance(e, SQLError) else SQLError("XX000", f"internal error: {e}"))
+            self.statement_deadline = None
+            if not isinstance(e, SQLError):
+                log.error("internal error while executing query: %s", e, exc_info=True)
+                e = SQLError("XX000", f"internal error: {e}")
+            if not self.gen_ends_with_ready:
+                self.extended_error(e)
+                return
+            s._fail(e)
             self.out += s.out
             s.out.clear()
             self.out += P.ready_for_query(s.status)
@@ -299,15 +474,20 @@ class Connection:
     def flush_out(self) -> None:
         if self.closed:
             return
-        while self.out:
+        if self.tls is not None and self.tls.handshaken and self.out:
+            self.tls.send(bytes(self.out))
+            self.out.clear()
+            self.raw_out += self.tls.take_output()
+        pending = self.raw_out if self.tls is not None else self.out
+        while pending:
             try:
-                n = self.sock.send(self.out)
+                n = self.sock.send(pending)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.close()
                 return
-            del self.out[:n]
+            del pending[:n]
         if self.close_after_flush:
             self.close()
         elif self.gen is None and self.state == ConnState.READY and self.reader.buf:
@@ -344,6 +524,52 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class ParseJob:
+    """Decode and parse one Query body in a daemon thread; ``done`` is set and the owner's loop
+    woken when ``text``/``stmts`` or ``error`` are ready.  Parsing touches no shared state."""
+
+    def __init__(self, body: bytes, wake: Any):
+        self.body = body
+        self.wake = wake
+        self.text = ""
+        self.stmts: list[Stmt] | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self.work, name="parse", daemon=True).start()
+
+    def work(self) -> None:
+        try:
+            self.text = P.parse_query(self.body)
+            self.stmts = parse(self.text)
+        except Exception as e:  # noqa: BLE001 - reported to the client by the statement
+            self.error = e
+        finally:
+            self.body = b""
+            self.done.set()
+            with contextlib.suppress(Exception):
+                self.wake()
+
+
+def slot_refusal(sessions: int, max_connections: int, reserved: int, superuser: bool) -> str | None:
+    """PostgreSQL's two connection-slot checks (InitPostgres, InitProcess); None = admitted."""
+    if sessions >= max_connections:
+        return "sorry, too many clients already"
+    if not superuser and reserved > 0 and sessions >= max_connections - reserved:
+        return "remaining connection slots are reserved for non-replication superuser connections"
+    return None
+
+
+def statement_timeout_ms(session: Session | None, config: Any) -> int:
+    """The session's SET statement_timeout, else the server's; 0 = none."""
+    raw = getattr(session, "gucs", {}).get("statement_timeout") if session is not None else None
+    if raw is not None:
+        try:
+            return int(cfgmod.convert(cfgmod.SETTINGS["statement_timeout"], str(raw)))
+        except (cfgmod.ConfigError, KeyError):
+            pass
+    return int(config.get("statement_timeout", 0) or 0)
 
 
 ROLE_KEYS = ("walswitch.role", "walswitch.role_superuser", "walswitch.role_replication")

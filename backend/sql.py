@@ -1,6 +1,6 @@
-"""The SQL surface: a lexer, a small parser and an executor for table ``kv``.
+"""The SQL surface: the executor for table ``kv`` (statements parsed by backend/parse.py).
 
-What it owns: the grammar of the statements walswitch accepts (DESIGN.md §6),
+What it owns: the execution of the statements walswitch accepts (DESIGN.md §6),
 their PostgreSQL command tags and error codes, the per-session transaction
 state machine (idle / in block / failed, plus PostgreSQL's implicit block for
 a multi-statement Query), and the system views ``pg_stat_replication`` and
@@ -32,29 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend import roles
+from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN,
+                           SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast,
+                           Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
+                           Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
+from backend.parse import parse
 from libpq import protocol as P
 from libpq.protocol import SQLError
 from utils.config import READ_ONLY, SETTINGS
 from xlog.lsn import format_lsn, parse_lsn, segment_name, segno_of
 
-# ---------------------------------------------------------------------------
-# types (PostgreSQL OIDs)
-
-BOOL, NAME, INT8, INT4, TEXT, OID, XID = 16, 19, 20, 23, 25, 26, 28
-FLOAT8, INET, TIMESTAMPTZ, INTERVAL, NUMERIC, PG_LSN = 701, 869, 1184, 1186, 1700, 3220
-UNKNOWN = 705     # an untyped string literal
-
-TYPE_NAMES = {BOOL: "boolean", NAME: "name", INT8: "bigint", INT4: "integer", TEXT: "text", OID: "oid",
-              XID: "xid", FLOAT8: "double precision", INET: "inet", TIMESTAMPTZ: "timestamp with time zone",
-              INTERVAL: "interval", NUMERIC: "numeric", PG_LSN: "pg_lsn", UNKNOWN: "unknown"}
-CAST_TYPES = {"text": TEXT, "varchar": TEXT, "name": NAME, "int": INT4, "int4": INT4, "integer": INT4,
-              "int8": INT8, "bigint": INT8, "smallint": INT4, "int2": INT4, "bool": BOOL, "boolean": BOOL,
-              "numeric": NUMERIC, "decimal": NUMERIC, "float8": FLOAT8, "float": FLOAT8, "real": FLOAT8,
-              "pg_lsn": PG_LSN, "timestamptz": TIMESTAMPTZ, "interval": INTERVAL, "oid": OID, "xid": XID,
-              "inet": INET}
-SERVER_VERSION = "15.0 (walswitch)"
-
-Value = tuple[Any, int]          # (python value, type oid); None is SQL NULL
 
 
 # ---------------------------------------------------------------------------
@@ -80,760 +67,6 @@ class Until(Wait):
     """Resume once ``pred()`` is true or the monotonic ``deadline`` passed."""
     pred: Callable[[], bool]
     deadline: float
-
-
-# ---------------------------------------------------------------------------
-# lexer
-
-@dataclass(frozen=True, slots=True)
-class Tok:
-    kind: str          # 'id', 'str', 'num', 'op', 'eof'
-    val: Any           # identifiers lower-cased unless quoted; strings unescaped
-    pos: int           # 0-based offset in the query string
-    text: str          # the source text
-    quoted: bool = False
-
-
-_TOKEN_RE = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<lcmt>--[^\n]*)
-  | (?P<bcmt>/\*)
-  | (?P<str>'(?:[^']|'')*')
-  | (?P<badstr>')
-  | (?P<qid>"(?:[^"]|"")+")
-  | (?P<num>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<id>[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*)
-  | (?P<op>::|<>|!=|<=|>=|\|\||[(),;*=.<>+\-/%\[\]:])
-""", re.X)
-
-
-def tokenize(sql: str) -> list[Tok]:
-    toks: list[Tok] = []
-    pos, n = 0, len(sql)
-    while pos < n:
-        m = _TOKEN_RE.match(sql, pos)
-        if m is None:
-            raise SQLError("42601", f'syntax error at or near "{sql[pos]}"')
-        kind = m.lastgroup
-        text = m.group()
-        if kind == "bcmt":
-            depth, i = 1, pos + 2
-            while depth and i < n:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-            if depth:
-                raise SQLError("42601", f'unterminated /* comment at or near "{sql[pos:pos + 20]}"')
-            pos = i
-            continue
-        if kind in ("ws", "lcmt"):
-            pos = m.end()
-            continue
-        if kind == "badstr":
-            raise SQLError("42601", f'unterminated quoted string at or near "{sql[pos:]}"')
-        if kind == "str":
-            toks.append(Tok("str", text[1:-1].replace("''", "'"), pos, text))
-        elif kind == "qid":
-            toks.append(Tok("id", text[1:-1].replace('""', '"'), pos, text, quoted=True))
-        elif kind == "num":
-            toks.append(Tok("num", text, pos, text))
-        elif kind == "id":
-            toks.append(Tok("id", text.lower(), pos, text))
-        else:
-            toks.append(Tok("op", text, pos, text))
-        pos = m.end()
-    toks.append(Tok("eof", None, n, ""))
-    return toks
-
-
-# ---------------------------------------------------------------------------
-# syntax tree
-
-class Expr:
-    pass
-
-
-@dataclass
-class Const(Expr):
-    value: Any
-    oid: int
-
-
-@dataclass
-class ColRef(Expr):
-    name: str
-    qual: str | None = None
-
-
-@dataclass
-class Func(Expr):
-    name: str
-    args: list[Expr]
-    star: bool = False          # count(*)
-
-
-@dataclass
-class Cast(Expr):
-    expr: Expr
-    typename: str
-
-
-@dataclass
-class BinOp(Expr):
-    op: str
-    left: Expr
-    right: Expr
-
-
-@dataclass
-class UnOp(Expr):
-    op: str                      # '-', 'not'
-    expr: Expr
-
-
-@dataclass
-class IsNull(Expr):
-    expr: Expr
-    negated: bool
-
-
-@dataclass
-class SelItem:
-    expr: Expr | None            # None = '*'
-    alias: str | None = None
-
-
-class Stmt:
-    txn_control = False
-    write = False
-
-
-@dataclass
-class Insert(Stmt):
-    table: str
-    columns: list[str] | None
-    rows: list[list[Expr]]
-    on_conflict: str | None      # None (upsert), 'update', 'nothing'
-    write = True
-
-
-@dataclass
-class Delete(Stmt):
-    table: str
-    where: Expr | None
-    write = True
-
-
-@dataclass
-class Update(Stmt):
-    table: str
-    sets: list[tuple[str, Expr]]
-    where: Expr | None
-    write = True
-
-
-@dataclass
-class Select(Stmt):
-    items: list[SelItem]
-    table: str | None = None
-    where: Expr | None = None
-    order: list[tuple[Expr, bool]] = field(default_factory=list)   # (expr, descending)
-    limit: Expr | None = None
-    offset: Expr | None = None
-
-
-@dataclass
-class Begin(Stmt):
-    read_only: bool = False
-
-
-@dataclass
-class Commit(Stmt):
-    txn_control = True
-
-
-@dataclass
-class Rollback(Stmt):
-    txn_control = True
-
-
-@dataclass
-class Show(Stmt):
-    name: str                    # lower-cased; 'all' for SHOW ALL
-
-
-@dataclass
-class SetStmt(Stmt):
-    name: str | None             # None: SET TRANSACTION / SESSION CHARACTERISTICS
-    value: str | None            # None: DEFAULT / RESET
-    tag: str = "SET"
-
-
-@dataclass
-class Checkpoint(Stmt):
-    pass
-
-
-# ---------------------------------------------------------------------------
-# parser
-
-RESERVED = {"all", "and", "as", "asc", "by", "case", "cast", "check", "default", "delete", "desc", "distinct",
-            "else", "end", "false", "from", "group", "having", "in", "insert", "into", "is", "limit", "not",
-            "null", "offset", "on", "or", "order", "returning", "select", "set", "then", "true", "union",
-            "update", "values", "when", "where", "with"}
-
-
-class Parser:
-    def __init__(self, toks: list[Tok]):
-        self.toks = toks
-        self.i = 0
-
-    # -- token helpers
-    @property
-    def tok(self) -> Tok:
-        return self.toks[self.i]
-
-    def peek(self, k: int = 1) -> Tok:
-        return self.toks[min(self.i + k, len(self.toks) - 1)]
-
-    def advance(self) -> Tok:
-        t = self.toks[self.i]
-        if t.kind != "eof":
-            self.i += 1
-        return t
-
-    def error(self, tok: Tok | None = None) -> SQLError:
-        t = tok or self.tok
-        if t.kind == "eof" or (t.kind == "op" and t.val == ";"):
-            return SQLError("42601", "syntax error at end of input")
-        return SQLError("42601", f'syntax error at or near "{t.text}"')
-
-    def is_kw(self, word: str, tok: Tok | None = None) -> bool:
-        t = tok or self.tok
-        return t.kind == "id" and not t.quoted and t.val == word
-
-    def accept(self, *words: str) -> bool:
-        """Consume a run of keywords if all match."""
-        for k, w in enumerate(words):
-            if not self.is_kw(w, self.peek(k)):
-                return False
-        for _ in words:
-            self.advance()
-        return True
-
-    def expect(self, *words: str) -> None:
-        for w in words:
-            if not self.is_kw(w):
-                raise self.error()
-            self.advance()
-
-    def is_op(self, op: str) -> bool:
-        return self.tok.kind == "op" and self.tok.val == op
-
-    def accept_op(self, op: str) -> bool:
-        if self.is_op(op):
-            self.advance()
-            return True
-        return False
-
-    def expect_op(self, op: str) -> None:
-        if not self.accept_op(op):
-            raise self.error()
-
-    def ident(self) -> str:
-        t = self.tok
-        if t.kind != "id" or (not t.quoted and t.val in RESERVED):
-            raise self.error()
-        self.advance()
-        return t.val
-
-    def qualified_name(self) -> str:
-        name = self.ident()
-        while self.accept_op("."):
-            name = name + "." + self.ident()
-        return name
-
-    def at_end(self) -> bool:
-        return self.tok.kind == "eof"
-
-    def skip_rest(self) -> None:
-        while not self.at_end():
-            self.advance()
-
-    # -- statements
-    def statement(self) -> Stmt:
-        t = self.tok
-        if t.kind != "id" or t.quoted:
-            if self.is_op("("):
-                # (SELECT ...) at top level
-                self.advance()
-                st = self.statement()
-                self.expect_op(")")
-                return st
-            raise self.error()
-        word = t.val
-        handler = _STATEMENTS.get(word)
-        if handler is None:
-            raise self.error()
-        st = handler(self)
-        if not self.at_end():
-            raise self.error()
-        return st
-
-    def parse_insert(self) -> Insert:
-        self.expect("insert", "into")
-        table = self.qualified_name()
-        if self.accept("as"):
-            self.ident()
-        columns = None
-        if self.accept_op("("):
-            columns = [self.ident()]
-            while self.accept_op(","):
-                columns.append(self.ident())
-            self.expect_op(")")
-        if self.accept("default", "values"):
-            rows: list[list[Expr]] = [[]]
-        else:
-            self.expect("values")
-            rows = [self.value_row()]
-            while self.accept_op(","):
-                rows.append(self.value_row())
-        on_conflict = None
-        if self.accept("on"):
-            self.expect("conflict")
-            if self.accept_op("("):
-                self.ident()
-                while self.accept_op(","):
-                    self.ident()
-                self.expect_op(")")
-            elif self.accept("on", "constraint"):
-                self.ident()
-            self.expect("do")
-            if self.accept("nothing"):
-                on_conflict = "nothing"
-            else:
-                self.expect("update", "set")
-                self.set_list()
-                if self.accept("where"):
-                    self.expr()
-                on_conflict = "update"
-        return Insert(table, columns, rows, on_conflict)
-
-    def value_row(self) -> list[Expr]:
-        self.expect_op("(")
-        row = [self.expr_or_default()]
-        while self.accept_op(","):
-            row.append(self.expr_or_default())
-        self.expect_op(")")
-        return row
-
-    def expr_or_default(self) -> Expr:
-        if self.accept("default"):
-            return Const(None, TEXT)
-        return self.expr()
-
-    def set_list(self) -> list[tuple[str, Expr]]:
-        out = []
-        while True:
-            col = self.ident()
-            if self.accept_op("."):
-                col = self.ident()
-            self.expect_op("=")
-            out.append((col, self.expr_or_default()))
-            if not self.accept_op(","):
-                return out
-
-    def parse_delete(self) -> Delete:
-        self.expect("delete", "from")
-        self.accept("only")
-        table = self.qualified_name()
-        where = self.expr() if self.accept("where") else None
-        return Delete(table, where)
-
-    def parse_update(self) -> Update:
-        self.expect("update")
-        self.accept("only")
-        table = self.qualified_name()
-        self.expect("set")
-        sets = self.set_list()
-        where = self.expr() if self.accept("where") else None
-        return Update(table, sets, where)
-
-    def parse_select(self) -> Select:
-        self.expect("select")
-        self.accept("all")
-        items = [self.sel_item()]
-        while self.accept_op(","):
-            items.append(self.sel_item())
-        st = Select(items)
-        if self.accept("from"):
-            st.table = self.qualified_name()
-            if self.accept("as") or (self.tok.kind == "id" and not self.tok.quoted
-                                     and self.tok.val not in RESERVED):
-                self.ident()
-        if self.accept("where"):
-            st.where = self.expr()
-        if self.accept("order", "by"):
-            while True:
-                e = self.expr()
-                desc = False
-                if self.accept("desc"):
-                    desc = True
-                else:
-                    self.accept("asc")
-                st.order.append((e, desc))
-                if not self.accept_op(","):
-                    break
-        while True:
-            if self.accept("limit"):
-                st.limit = None if self.accept("all") else self.expr()
-            elif self.accept("offset"):
-                st.offset = self.expr()
-                self.accept("rows") or self.accept("row")
-            else:
-                break
-        return st
-
-    def sel_item(self) -> SelItem:
-        if self.accept_op("*"):
-            return SelItem(None)
-        if (self.tok.kind == "id" and self.peek().kind == "op" and self.peek().val == "."
-                and self.peek(2).kind == "op" and self.peek(2).val == "*"):
-            self.advance(), self.advance(), self.advance()
-            return SelItem(None)
-        e = self.expr()
-        alias = None
-        if self.accept("as"):
-            alias = self.tok.val if self.tok.kind == "id" else None
-            if alias is None:
-                raise self.error()
-            self.advance()
-        elif self.tok.kind == "id" and (self.tok.quoted or self.tok.val not in RESERVED):
-            alias = self.advance().val
-        return SelItem(e, alias)
-
-    def parse_begin(self) -> Begin:
-        if self.accept("start"):
-            self.expect("transaction")
-        else:
-            self.expect("begin")
-            self.accept("work") or self.accept("transaction")
-        return Begin(self.transaction_modes())
-
-    def transaction_modes(self) -> bool:
-        read_only = False
-        while not self.at_end():
-            if self.accept("isolation", "level"):
-                if not (self.accept("serializable") or self.accept("repeatable", "read")
-                        or self.accept("read", "committed") or self.accept("read", "uncommitted")):
-                    raise self.error()
-            elif self.accept("read", "only"):
-                read_only = True
-            elif self.accept("read", "write"):
-                read_only = False
-            elif self.accept("not", "deferrable") or self.accept("deferrable"):
-                pass
-            elif not self.accept_op(","):
-                raise self.error()
-        return read_only
-
-    def parse_commit(self) -> Commit:
-        if not (self.accept("commit") or self.accept("end")):
-            raise self.error()
-        self.accept("work") or self.accept("transaction")
-        if self.accept("and"):
-            self.accept("no")
-            self.expect("chain")
-        return Commit()
-
-    def parse_rollback(self) -> Rollback:
-        if not (self.accept("rollback") or self.accept("abort")):
-            raise self.error()
-        self.accept("work") or self.accept("transaction")
-        if self.accept("and"):
-            self.accept("no")
-            self.expect("chain")
-        return Rollback()
-
-    def parse_show(self) -> Show:
-        self.expect("show")
-        if self.accept("all"):
-            return Show("all")
-        if self.accept("transaction", "isolation", "level"):
-            return Show("transaction_isolation")
-        if self.accept("time", "zone"):
-            return Show("timezone")
-        if self.accept("session", "authorization"):
-            return Show("session_authorization")
-        if self.tok.kind != "id":
-            raise self.error()
-        name = self.advance().val
-        while self.accept_op("."):
-            if self.tok.kind != "id":
-                raise self.error()
-            name += "." + self.advance().val
-        return Show(name.lower())
-
-    def parse_set(self) -> SetStmt:
-        self.expect("set")
-        if self.accept("session", "characteristics") or self.accept("transaction"):
-            self.skip_rest()
-            return SetStmt(None, None)
-        self.accept("session") or self.accept("local")
-        if self.accept("time", "zone"):
-            return SetStmt("timezone", self.set_value())
-        if self.tok.kind != "id":
-            raise self.error()
-        name = self.advance().val
-        while self.accept_op("."):
-            if self.tok.kind != "id":
-                raise self.error()
-            name += "." + self.advance().val
-        if not (self.accept_op("=") or self.accept("to")):
-            raise self.error()
-        return SetStmt(name.lower(), self.set_value())
-
-    def set_value(self) -> str | None:
-        if self.accept("default") or self.accept("local"):
-            return None
-        parts = []
-        while True:
-            t = self.tok
-            if t.kind in ("str", "num") or (t.kind == "id"):
-                parts.append(str(t.val))
-                self.advance()
-            elif t.kind == "op" and t.val in ("-", "+") and self.peek().kind == "num":
-                self.advance()
-                parts.append(t.val + self.advance().val)
-            else:
-                raise self.error()
-            if not self.accept_op(","):
-                break
-        return ", ".join(parts)
-
-    def parse_reset(self) -> SetStmt:
-        self.expect("reset")
-        if self.accept("all"):
-            return SetStmt("all", None, tag="RESET")
-        name = self.qualified_name() if self.tok.kind == "id" else None
-        if name is None:
-            raise self.error()
-        return SetStmt(name.lower(), None, tag="RESET")
-
-    def parse_checkpoint(self) -> Checkpoint:
-        self.expect("checkpoint")
-        return Checkpoint()
-
-    # -- expressions
-    def expr(self) -> Expr:
-        e = self.and_expr()
-        while self.accept("or"):
-            e = BinOp("or", e, self.and_expr())
-        return e
-
-    def and_expr(self) -> Expr:
-        e = self.not_expr()
-        while self.accept("and"):
-            e = BinOp("and", e, self.not_expr())
-        return e
-
-    def not_expr(self) -> Expr:
-        if self.accept("not"):
-            return UnOp("not", self.not_expr())
-        return self.cmp_expr()
-
-    def cmp_expr(self) -> Expr:
-        e = self.add_expr()
-        t = self.tok
-        if t.kind == "op" and t.val in ("=", "<>", "!=", "<", ">", "<=", ">="):
-            self.advance()
-            op = "<>" if t.val == "!=" else t.val
-            return BinOp(op, e, self.add_expr())
-        if self.accept("is"):
-            neg = self.accept("not")
-            if self.accept("null"):
-                return IsNull(e, neg)
-            if self.accept("true"):
-                return BinOp("is" if not neg else "is not", e, Const(True, BOOL))
-            if self.accept("false"):
-                return BinOp("is" if not neg else "is not", e, Const(False, BOOL))
-            raise self.error()
-        return e
-
-    def add_expr(self) -> Expr:
-        e = self.mul_expr()
-        while self.tok.kind == "op" and self.tok.val in ("+", "-", "||"):
-            op = self.advance().val
-            e = BinOp(op, e, self.mul_expr())
-        return e
-
-    def mul_expr(self) -> Expr:
-        e = self.unary()
-        while self.tok.kind == "op" and self.tok.val in ("*", "/", "%"):
-            op = self.advance().val
-            e = BinOp(op, e, self.unary())
-        return e
-
-    def unary(self) -> Expr:
-        if self.accept_op("-"):
-            e = self.unary()
-            if isinstance(e, Const) and isinstance(e.value, (int, float)) and not isinstance(e.value, bool):
-                return Const(-e.value, e.oid)
-            if isinstance(e, Const) and e.oid == NUMERIC:
-                return Const("-" + e.value if not e.value.startswith("-") else e.value[1:], NUMERIC)
-            return UnOp("-", e)
-        if self.accept_op("+"):
-            return self.unary()
-        return self.postfix()
-
-    def postfix(self) -> Expr:
-        e = self.primary()
-        while self.accept_op("::"):
-            e = Cast(e, self.typename())
-        return e
-
-    def typename(self) -> str:
-        if self.tok.kind != "id":
-            raise self.error()
-        name = self.advance().val
-        if name == "double":
-            self.expect("precision")
-            name = "float8"
-        elif name in ("character", "char") and self.accept("varying"):
-            name = "varchar"
-        elif name in ("timestamp", "time") and self.accept("with", "time", "zone"):
-            name = "timestamptz"
-        if self.accept_op("("):
-            while not self.accept_op(")"):
-                if self.at_end():
-                    raise self.error()
-                self.advance()
-        return name
-
-    def primary(self) -> Expr:
-        t = self.tok
-        if t.kind == "num":
-            self.advance()
-            if re.fullmatch(r"\d+", t.val):
-                v = int(t.val)
-                return Const(v, INT4 if v < 2 ** 31 else INT8 if v < 2 ** 63 else NUMERIC)
-            return Const(t.val, NUMERIC)
-        if t.kind == "str":
-            self.advance()
-            return Const(t.val, UNKNOWN)
-        if self.accept_op("("):
-            e = self.expr()
-            self.expect_op(")")
-            return e
-        if t.kind != "id":
-            raise self.error()
-        if not t.quoted:
-            if t.val == "null":
-                self.advance()
-                return Const(None, UNKNOWN)
-            if t.val in ("true", "false"):
-                self.advance()
-                return Const(t.val == "true", BOOL)
-            if t.val == "cast" and self.peek().kind == "op" and self.peek().val == "(":
-                self.advance(), self.advance()
-                e = self.expr()
-                self.expect("as")
-                tn = self.typename()
-                self.expect_op(")")
-                return Cast(e, tn)
-            if t.val in ("current_timestamp", "localtimestamp") and not (
-                    self.peek().kind == "op" and self.peek().val == "("):
-                self.advance()
-                return Func("now", [])
-            if t.val in ("current_user", "session_user", "user") and not (
-                    self.peek().kind == "op" and self.peek().val == "("):
-                self.advance()
-                return Func("current_user", [])
-            if t.val in ("pg_lsn", "interval", "timestamptz", "text", "int", "integer", "bigint",
-                         "numeric", "boolean") and self.peek().kind == "str":
-                # typed literal: pg_lsn '0/3000000'
-                self.advance()
-                lit = self.advance()
-                return Cast(Const(lit.val, UNKNOWN), t.val)
-        name = self.ident()
-        if self.accept_op("("):
-            if self.accept_op("*"):
-                self.expect_op(")")
-                return Func(name, [], star=True)
-            args: list[Expr] = []
-            if not self.accept_op(")"):
-                self.accept("distinct")
-                args.append(self.expr())
-                while self.accept_op(","):
-                    args.append(self.expr())
-                self.expect_op(")")
-            if "." in name:
-                name = name.split(".")[-1]
-            return Func(name, args)
-        if self.accept_op("."):
-            if self.accept_op("*"):
-                raise self.error()
-            col = self.ident()
-            if self.accept_op("("):
-                # schema-qualified function: pg_catalog.version()
-                args = []
-                if not self.accept_op(")"):
-                    args.append(self.expr())
-                    while self.accept_op(","):
-                        args.append(self.expr())
-                    self.expect_op(")")
-                return Func(col, args)
-            return ColRef(col, name)
-        return ColRef(name)
-
-
-_STATEMENTS: dict[str, Callable[[Parser], Stmt]] = {
-    "insert": Parser.parse_insert,
-    "delete": Parser.parse_delete,
-    "update": Parser.parse_update,
-    "select": Parser.parse_select,
-    "begin": Parser.parse_begin,
-    "start": Parser.parse_begin,
-    "commit": Parser.parse_commit,
-    "end": Parser.parse_commit,
-    "rollback": Parser.parse_rollback,
-    "abort": Parser.parse_rollback,
-    "show": Parser.parse_show,
-    "set": Parser.parse_set,
-    "reset": Parser.parse_reset,
-    "checkpoint": Parser.parse_checkpoint,
-}
-
-
-def split_statements(toks: list[Tok]) -> list[list[Tok]]:
-    """Split at top-level semicolons; empty statements disappear (as in PostgreSQL)."""
-    out: list[list[Tok]] = []
-    cur: list[Tok] = []
-    for t in toks:
-        if t.kind == "eof" or (t.kind == "op" and t.val == ";"):
-            if cur:
-                out.append(cur + [Tok("eof", None, t.pos, "")])
-            cur = []
-            if t.kind == "eof":
-                break
-        else:
-            cur.append(t)
-    return out
-
-
-def parse(sql: str) -> list[Stmt]:
-    """Parse a whole query string (all statements) or raise SQLError 42601."""
-    return [Parser(part).statement() for part in split_statements(tokenize(sql))]
-
-
-def parse_one(sql: str) -> Stmt:
-    stmts = parse(sql)
-    if len(stmts) != 1:
-        raise SQLError("42601", "syntax error at end of input")
-    return stmts[0]
 
 
 # ---------------------------------------------------------------------------
@@ -1345,6 +578,8 @@ class Txn:
 # ---------------------------------------------------------------------------
 # the session
 
+SHOW_ALL_COLUMNS = [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
+
 class Session:
     """One client's SQL state; ``run`` executes a Query message."""
 
@@ -1361,10 +596,46 @@ class Session:
         if self.params.get("application_name"):
             self.gucs["application_name"] = self.params["application_name"]
         self._implicit = False
+        self.capture: Any = None                     # the portal collecting results (backend/extended.py)
+        self.bound: list[Value] | None = None        # $n values of the portal being executed
+        self.bound_types: list[int] | None = None    # their declared types (0: not given)
 
     # -- protocol output
     def send(self, data: bytes) -> None:
         self.out += data
+
+    # Results go through these three, so that a portal (backend/extended.py) can hold them back, limit
+    # them and choose text or binary per column; a simple Query sends them at once.
+    def result_columns(self, cols: list[tuple[str, int]]) -> None:
+        if self.capture is not None:
+            self.capture.columns = cols
+        else:
+            self.send(P.row_description(cols))
+
+    def result_row(self, values: list[Value]) -> None:
+        if self.capture is not None:
+            self.capture.rows.append(values)
+        else:
+            self.send(P.data_row([to_text(v) for v in values]))
+
+    def complete(self, tag: str) -> None:
+        if self.capture is not None:
+            self.capture.tag = tag
+        else:
+            self.send(P.command_complete(tag))
+
+    def describe(self, st: Stmt | None) -> list[tuple[str, int]] | None:
+        """The columns a statement returns (RowDescription), or None (NoData)."""
+        if isinstance(st, Select):
+            return self.select_columns(st)[1]
+        if isinstance(st, Show):
+            return SHOW_ALL_COLUMNS if st.name == "all" else self.show_columns(st)
+        return None
+
+    @staticmethod
+    def show_columns(st: Show) -> list[tuple[str, int]]:
+        return [({"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}.get(
+            st.name, st.name), TEXT)]
 
     def notice(self, message: str, severity: str = "NOTICE", sqlstate: str = "00000") -> None:
         self.send(P.notice_response(message, severity, sqlstate))
@@ -1404,13 +675,16 @@ class Session:
         return t.first_lsn if t is not None and t.xid else None
 
     # -- running a Query message
-    def run(self, sql: str) -> Generator[Wait, None, None]:
-        """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included)."""
-        if roles.is_role_ddl(sql):
+    def run(self, sql: str, stmts: "list[Stmt] | None" = None) -> Generator[Wait, None, None]:
+        """Execute a simple Query; output goes to ``out`` (ReadyForQuery not included).
+
+        ``stmts``: already parsed (the backend parses very large statements off its loop).
+        """
+        if stmts is None and roles.is_role_ddl(sql):
             yield from self.run_role_ddl(sql)
             return
         try:
-            stmts = parse(sql)
+            stmts = parse(sql) if stmts is None else stmts
         except SQLError as e:
             self._fail(e)
             return
@@ -1476,7 +750,7 @@ class Session:
         elif isinstance(st, Checkpoint):
             roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()
-            self.send(P.command_complete("CHECKPOINT"))
+            self.complete("CHECKPOINT")
         else:  # pragma: no cover - the parser makes only the above
             raise SQLError("0A000", "statement not supported")
 
@@ -1487,20 +761,20 @@ class Session:
         else:
             self.block = True
             self._txn().read_only |= st.read_only
-        self.send(P.command_complete("BEGIN"))
+        self.complete("BEGIN")
 
     def exec_commit(self) -> Generator[Wait, None, None]:
         if self.failed:
             self.failed = self.block = False
             self._abort()
-            self.send(P.command_complete("ROLLBACK"))
+            self.complete("ROLLBACK")
             return
         if self.block or self._implicit:
             self.block = False
             yield from self._commit()
         else:
             self.notice("there is no transaction in progress", "WARNING", "25P01")
-        self.send(P.command_complete("COMMIT"))
+        self.complete("COMMIT")
 
     def exec_rollback(self) -> None:
         if self.failed or self.block or self._implicit:
@@ -1508,7 +782,7 @@ class Session:
             self._abort()
         else:
             self.notice("there is no transaction in progress", "WARNING", "25P01")
-        self.send(P.command_complete("ROLLBACK"))
+        self.complete("ROLLBACK")
 
     # -- settings
     def show_value(self, name: str) -> str | None:
@@ -1540,25 +814,23 @@ class Session:
     def exec_show(self, st: Show) -> None:
         if st.name == "all":
             names = sorted(set(SETTINGS) | set(READ_ONLY) | set(self.gucs))
-            self.send(P.row_description([("name", TEXT), ("setting", TEXT), ("description", TEXT)]))
+            self.result_columns(SHOW_ALL_COLUMNS)
             n = 0
             for name in names:
                 v = self.show_value(name)
                 if v is None:
                     continue
                 desc = SETTINGS[name].desc if name in SETTINGS else ""
-                self.send(P.data_row([name, v, desc]))
+                self.result_row([(name, TEXT), (v, TEXT), (desc, TEXT)])
                 n += 1
-            self.send(P.command_complete("SHOW"))
+            self.complete("SHOW")
             return
         v = self.show_value(st.name)
         if v is None:
             raise SQLError("42704", f'unrecognized configuration parameter "{st.name}"')
-        col = {"datestyle": "DateStyle", "timezone": "TimeZone", "intervalstyle": "IntervalStyle"}.get(
-            st.name, st.name)
-        self.send(P.row_description([(col, TEXT)]))
-        self.send(P.data_row([v]))
-        self.send(P.command_complete("SHOW"))
+        self.result_columns(self.show_columns(st))
+        self.result_row([(v, TEXT)])
+        self.complete("SHOW")
 
     def exec_set(self, st: SetStmt) -> None:
         if st.name == "all":
@@ -1568,7 +840,7 @@ class Session:
                 self.gucs.pop(st.name, None)
             else:
                 self.gucs[st.name] = st.value
-        self.send(P.command_complete(st.tag))
+        self.complete(st.tag)
 
     # -- reading kv (own changes visible)
     @property
@@ -1644,7 +916,7 @@ class Session:
                 continue
             self._write(txn, "put", key, value)
             n += 1
-        self.send(P.command_complete(f"INSERT 0 {n}"))
+        self.complete(f"INSERT 0 {n}")
 
     def _matching_keys(self, where: Expr | None) -> list[tuple[str, str | None]]:
         key = _key_equality(where)
@@ -1666,7 +938,7 @@ class Session:
         txn = self._check_writable("DELETE")
         for k, _v in matched:
             self._write(txn, "delete", k, None)
-        self.send(P.command_complete(f"DELETE {len(matched)}"))
+        self.complete(f"DELETE {len(matched)}")
 
     def exec_update(self, st: Update) -> None:
         rel = resolve_relation(st.table)
@@ -1688,7 +960,7 @@ class Session:
             if new["key"] != k:
                 self._write(txn, "delete", k, None)
             self._write(txn, "put", new["key"], new["value"])
-        self.send(P.command_complete(f"UPDATE {len(matched)}"))
+        self.complete(f"UPDATE {len(matched)}")
 
     # -- SELECT
     def _check_columns(self, e: Expr | None, rel: str | None) -> None:
@@ -1696,7 +968,7 @@ class Session:
         if e is None:
             return
         names = {c for c, _ in REL_COLUMNS[rel]} if rel else set()
-        for ref in _walk(e):
+        for ref in walk(e):
             if isinstance(ref, ColRef) and ref.name not in names:
                 full = f"{ref.qual}.{ref.name}" if ref.qual else ref.name
                 raise SQLError("42703", f'column "{full}" does not exist')
@@ -1732,8 +1004,11 @@ class Session:
             if fd.rettype == UNKNOWN:
                 return self.static_type(e.args[0], rel) if e.args else TEXT
             return fd.rettype
-        if isinstance(e, (IsNull,)):
+        if isinstance(e, (IsNull, InList)):
             return BOOL
+        if isinstance(e, Param):
+            types = self.bound_types or []
+            return types[e.number - 1] if e.number <= len(types) and types[e.number - 1] else TEXT
         if isinstance(e, UnOp):
             return BOOL if e.op == "not" else self.static_type(e.expr, rel)
         if isinstance(e, BinOp):
@@ -1767,7 +1042,8 @@ class Session:
                 e.typename, e.typename)
         return "?column?"
 
-    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+    def select_columns(self, st: Select) -> tuple[str | None, list[tuple[str, int]], list[Expr], bool]:
+        """Check a SELECT and name its output: (relation, columns, expressions, is an aggregate)."""
         rel = resolve_relation(st.table) if st.table else None
         for item in st.items:
             if item.expr is None and rel is None:
@@ -1789,10 +1065,14 @@ class Session:
         if aggregate:
             for e in exprs:
                 if not (isinstance(e, Func) and e.name == "count") and any(
-                        isinstance(x, ColRef) for x in _walk(e)):
-                    ref = next(x for x in _walk(e) if isinstance(x, ColRef))
+                        isinstance(x, ColRef) for x in walk(e)):
+                    ref = next(x for x in walk(e) if isinstance(x, ColRef))
                     raise SQLError("42803", f'column "{rel}.{ref.name}" must appear in the GROUP BY clause '
                                             "or be used in an aggregate function")
+        return rel, cols, exprs, aggregate
+
+    def exec_select(self, st: Select) -> Generator[Wait, None, None]:
+        rel, cols, exprs, aggregate = self.select_columns(st)
         # rows of the source
         if rel is None:
             src_rows: list[dict[str, Value]] = [{}]
@@ -1800,9 +1080,9 @@ class Session:
             if aggregate and st.where is None and all(
                     isinstance(e, Func) and e.name == "count" and e.star for e in exprs):
                 n = self.kv_count()
-                self.send(P.row_description(cols))
-                self.send(P.data_row([str(n)] * len(exprs)))
-                self.send(P.command_complete("SELECT 1"))
+                self.result_columns(cols)
+                self.result_row([(n, INT8)] * len(exprs))
+                self.complete("SELECT 1")
                 return
             key = _key_equality(st.where)
             if key is not None:
@@ -1843,10 +1123,10 @@ class Session:
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
-        self.send(P.row_description(cols))
+        self.result_columns(cols)
         for vals in out_rows:
-            self.send(P.data_row([to_text(v) for v in vals]))
-        self.send(P.command_complete(f"SELECT {len(out_rows)}"))
+            self.result_row(vals)
+        self.complete(f"SELECT {len(out_rows)}")
 
     def _aggregate(self, e: Expr, rows: list[dict[str, Value]]) -> Value:
         if isinstance(e, Func) and e.name == "count":
@@ -1918,7 +1198,27 @@ class Session:
             return (-as_int(v), v[1] if v[1] in (INT4, INT8) else INT4)
         if isinstance(e, BinOp):
             return self._binop(e, row)
+        if isinstance(e, Param):
+            return self.param_value(e.number)
+        if isinstance(e, InList):
+            return self._in_list(e, row)
         raise SQLError("0A000", "unsupported expression")  # pragma: no cover
+
+    def param_value(self, n: int) -> Value:
+        if self.bound is None or n > len(self.bound):
+            raise SQLError("42P02", f"there is no parameter ${n}")
+        return self.bound[n - 1]
+
+    def _in_list(self, e: InList, row: dict[str, Value] | None) -> Value:
+        """PostgreSQL's IN: true on a match, else NULL if anything compared was NULL, else false."""
+        left = Const(*self.eval(e.expr, row))
+        saw_null = left.value is None
+        for item in e.items:
+            hit = self._binop(BinOp("=", left, item), row)[0]
+            if hit:
+                return (not e.negated, BOOL)
+            saw_null |= hit is None
+        return (None, BOOL) if saw_null else (e.negated, BOOL)
 
     def _binop(self, e: BinOp, row: dict[str, Value] | None) -> Value:
         op = e.op
@@ -1986,20 +1286,22 @@ def _comparable(a: Value, b: Value) -> tuple[Any, Any]:
     return as_text(a), as_text(b)
 
 
-def _walk(e: Expr | None) -> Iterable[Expr]:
-    if e is None:
-        return
-    yield e
-    if isinstance(e, Func):
-        for a in e.args:
-            yield from _walk(a)
-    elif isinstance(e, Cast):
-        yield from _walk(e.expr)
-    elif isinstance(e, BinOp):
-        yield from _walk(e.left)
-        yield from _walk(e.right)
-    elif isinstance(e, (UnOp, IsNull)):
-        yield from _walk(e.expr)
+def walk(e: Expr | None) -> Iterable[Expr]:
+    """Every node of an expression, parent first; iterative (expressions may nest thousands deep)."""
+    stack = [e] if e is not None else []
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, Func):
+            stack.extend(reversed(e.args))
+        elif isinstance(e, BinOp):
+            stack.append(e.right)
+            stack.append(e.left)
+        elif isinstance(e, InList):
+            stack.extend(reversed(e.items))
+            stack.append(e.expr)
+        elif isinstance(e, (Cast, UnOp, IsNull)):
+            stack.append(e.expr)
 
 
 def _key_equality(where: Expr | None) -> str | None:

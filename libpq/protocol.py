@@ -73,93 +73,200 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+class StartupError(ProtocolError):
+    """A bad startup packet.  ``to_client``: PostgreSQL sends it as a FATAL ErrorResponse;
+    otherwise (COMMERROR in PostgreSQL) it is only logged and the connection closed."""
+
+    def __init__(self, sqlstate: str, message: str, to_client: bool = True):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.to_client = to_client
+
+
 def parse_startup_body(body: bytes) -> StartupPacket:
-    """Body of a StartupMessage (after length and version)."""
-    parts = body.split(b"\x00")
+    """Body of a StartupMessage (after length and version): name/value pairs, then one NUL.
+
+    PostgreSQL's layout rule (ProcessStartupPacket): a pair whose value has no terminator, or
+    anything after the final NUL, is "invalid startup packet layout".
+    """
     params: dict[str, str] = {}
-    it = iter(parts)
-    for k in it:
-        if not k:
+    offset = 0
+    n = len(body)
+    while offset < n:
+        name_end = body.find(b"\x00", offset)
+        if name_end == offset:              # the terminating NUL
             break
-        v = next(it, b"")
-        params[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
-    return StartupPacket(params)
+        if name_end < 0:
+            offset = n
+            break
+        val_end = body.find(b"\x00", name_end + 1)
+        if val_end < 0:
+            offset = n
+            break
+        params[body[offset:name_end].decode("utf-8", "replace")] = \
+            body[name_end + 1:val_end].decode("utf-8", "replace")
+        offset = val_end + 1
+    if offset != n - 1:
+        raise StartupError("08P01", "invalid startup packet layout: expected terminator as last byte")
+    pkt = StartupPacket(params)
+    check_startup_params(pkt)
+    return pkt
+
+
+def check_startup_params(pkt: StartupPacket) -> None:
+    """The checks PostgreSQL makes on the parameters themselves (FATAL to the client)."""
+    v = pkt.params.get("replication")
+    if v is not None and v.lower() not in REPLICATION_VALUES:
+        raise StartupError("22023", f'invalid value for parameter "replication": "{v}"')
+    if not pkt.params.get("user"):
+        raise StartupError("28000", "no PostgreSQL user name specified in startup packet")
+
+
+# parse_bool's spellings, plus "database" (a logical replication connection)
+REPLICATION_VALUES = {"true", "on", "yes", "1", "t", "y", "false", "off", "no", "0", "f", "n", "database"}
+
+
+def unsupported_protocol(code: int) -> StartupError:
+    return StartupError("0A000", f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                        "server supports 3.0 to 3.0")
+
+
+def negotiate_protocol_version(minor: int, unrecognized: list[str]) -> bytes:
+    """NegotiateProtocolVersion ('v'): the newest minor version we speak (0) and the
+    ``_pq_.`` options we do not know, as PostgreSQL sends for 3.x with x > 0."""
+    body = struct.pack("!II", 0, len(unrecognized)) + b"".join(cstr(o) for o in unrecognized)
+    return msg(b"v", body)
 
 
 def read_startup(sock: socket.socket) -> StartupPacket:
-    """Blocking startup phase: refuse SSL/GSS encryption, return the packet."""
-    while True:
-        (length,) = struct.unpack("!I", recv_exact(sock, 4))
-        if length < 8 or length > MAX_STARTUP_PACKET:
-            raise ProtocolError("invalid length of startup packet")
-        body = recv_exact(sock, length - 4)
-        (code,) = struct.unpack_from("!I", body)
-        if code in (SSL_REQUEST, GSSENC_REQUEST):
-            sock.sendall(b"N")
-            continue
-        if code == CANCEL_REQUEST:
-            pid, key = struct.unpack_from("!II", body, 4)
-            return StartupPacket({}, cancel=(pid, key))
-        if code >> 16 != 3:
-            raise ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-                                "server supports 3.0 to 3.0")
-        return parse_startup_body(body[4:])
+    """Blocking startup phase (tests' harnesses): refuse SSL/GSS encryption, return the packet."""
+    parser = StartupParser()
+    while parser.packet is None:
+        data = sock.recv(MAX_STARTUP_PACKET)
+        if not data:
+            raise ProtocolError("unexpected EOF on client connection")
+        parser.feed(data)
+        if parser.replies:
+            sock.sendall(parser.replies)
+            parser.replies.clear()
+    return parser.packet
 
 
 class StartupParser:
     """Incremental startup phase for a non-blocking event loop.
 
-    Feed bytes; ``replies`` holds bytes to send (the 'N' to SSLRequest);
-    ``packet`` is set once the StartupMessage (or CancelRequest) is complete.
+    Feed bytes; ``replies`` holds bytes to send (the 'N' to SSLRequest and
+    GSSENCRequest, NegotiateProtocolVersion); ``packet`` is set once the
+    StartupMessage (or CancelRequest) is complete.  Every malformed packet
+    raises StartupError (PostgreSQL's message and SQLSTATE); nothing else
+    escapes, whatever the bytes.  Each encryption request is answered once,
+    as PostgreSQL does: a second one is an unsupported protocol.
     """
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.replies = bytearray()
         self.packet: StartupPacket | None = None
+        self.ssl_done = False
+        self.gss_done = False
+        self.ssl_available = False   # set by the server when ssl = on: SSLRequest is answered 'S'
+        self.start_tls = False       # the 'S' is in replies: send it in clear, then the handshake follows
+
+    def wanted(self) -> int:
+        """Bytes that complete the current packet: read no further, so that nothing meant for
+        whoever takes the connection next (a walsender, the TLS layer) is consumed here."""
+        if len(self.buf) < 4:
+            return 4 - len(self.buf)
+        (length,) = struct.unpack_from("!I", self.buf)
+        return max(1, min(length, MAX_STARTUP_PACKET) - len(self.buf))
 
     def feed(self, data: bytes) -> None:
         self.buf += data
-        while self.packet is None and len(self.buf) >= 4:
+        while self.packet is None and not self.start_tls and len(self.buf) >= 4:
             (length,) = struct.unpack_from("!I", self.buf)
             if length < 8 or length > MAX_STARTUP_PACKET:
-                raise ProtocolError("invalid length of startup packet")
+                raise StartupError("08P01", "invalid length of startup packet", to_client=False)
             if len(self.buf) < length:
                 return
             body = bytes(self.buf[4:length])
             del self.buf[:length]
-            (code,) = struct.unpack_from("!I", body)
-            if code in (SSL_REQUEST, GSSENC_REQUEST):
-                self.replies += b"N"
-            elif code == CANCEL_REQUEST:
-                pid, key = struct.unpack_from("!II", body, 4)
-                self.packet = StartupPacket({}, cancel=(pid, key))
-            elif code >> 16 != 3:
-                raise ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-                                    "server supports 3.0 to 3.0")
-            else:
-                self.packet = parse_startup_body(body[4:])
+            self.packet_body(body)
+
+    def packet_body(self, body: bytes) -> None:
+        (code,) = struct.unpack_from("!I", body)
+        if code == SSL_REQUEST and not self.ssl_done:
+            self.ssl_done = True
+            self.replies += b"S" if self.ssl_available else b"N"
+            self.start_tls = self.ssl_available
+        elif code == GSSENC_REQUEST and not self.gss_done:
+            self.gss_done = True
+            self.replies += b"N"
+        elif code == CANCEL_REQUEST:
+            if len(body) != 12:
+                raise StartupError("08P01", "invalid length of startup packet", to_client=False)
+            pid, key = struct.unpack_from("!II", body, 4)
+            self.packet = StartupPacket({}, cancel=(pid, key))
+        elif code >> 16 != 3:
+            raise unsupported_protocol(code)
+        else:
+            pkt = parse_startup_body(body[4:])
+            unknown = [k for k in pkt.params if k.startswith("_pq_.")]
+            for k in unknown:
+                del pkt.params[k]
+            if code & 0xFFFF or unknown:
+                self.replies += negotiate_protocol_version(code & 0xFFFF, unknown)
+            self.packet = pkt
+
+
+# Longest body PostgreSQL accepts per message type after startup (SocketBackend in
+# postgres.c): the query and COPY messages may be large, everything else is small.
+LARGE_MESSAGE_LIMIT = (1 << 30) - 1
+SMALL_MESSAGE_LIMIT = 10000
+FRONTEND_LIMITS = {t: LARGE_MESSAGE_LIMIT for t in b"QPBdF"}
+FRONTEND_LIMITS.update({t: SMALL_MESSAGE_LIMIT for t in b"XCDEHScfp"})
 
 
 class MessageReader:
-    """Split a byte stream of regular messages (type byte + int32 length)."""
+    """Split a byte stream of regular messages (type byte + int32 length).
 
-    def __init__(self) -> None:
+    ``limits`` (server side: FRONTEND_LIMITS) maps each accepted type byte to its
+    longest length; an unknown type is refused as soon as its type byte arrives,
+    before its body is waited for, as PostgreSQL does.
+    """
+
+    def __init__(self, limits: dict[int, int] | None = None) -> None:
         self.buf = bytearray()
+        self.limits = limits
 
     def feed(self, data: bytes) -> None:
         self.buf += data
 
+    def pending(self) -> tuple[int, int] | None:
+        """(bytes buffered, bytes the current message needs), once its header is in."""
+        if len(self.buf) < 5:
+            return None
+        return len(self.buf), 1 + struct.unpack_from("!I", self.buf, 1)[0]
+
     def next(self) -> tuple[bytes, bytes] | None:
+        if not self.buf:
+            return None
+        maxlen = 1 << 30
+        if self.limits is not None:
+            t = self.buf[0]
+            if t not in self.limits:
+                raise ProtocolError(f"invalid frontend message type {t}")
+            maxlen = self.limits[t]
         if len(self.buf) < 5:
             return None
         (length,) = struct.unpack_from("!I", self.buf, 1)
-        if length < 4 or length > 1 << 30:
+        if length < 4 or length > maxlen:
             raise ProtocolError("invalid message length")
         if len(self.buf) < 1 + length:
             return None
         mtype = bytes(self.buf[0:1])
-        body = bytes(self.buf[5:1 + length])
+        with memoryview(self.buf) as view:      # one copy of a large body, not two
+            body = bytes(view[5:1 + length])
         del self.buf[:1 + length]
         return mtype, body
 
@@ -200,12 +307,83 @@ def ready_for_query(status: bytes = b"I") -> bytes:
     return msg(b"Z", status)
 
 
-def row_description(columns: list[tuple[str, int]]) -> bytes:
+def row_description(columns: list[tuple[str, int]], formats: list[int] | None = None) -> bytes:
+    """RowDescription; ``formats`` gives each column's format code (0 text, 1 binary), default text."""
     body = struct.pack("!H", len(columns))
-    for name, typoid in columns:
+    for i, (name, typoid) in enumerate(columns):
         size = {INT4OID: 4, INT8OID: 8, BOOLOID: 1, PG_LSNOID: 8, TIMESTAMPTZOID: 8}.get(typoid, -1)
-        body += cstr(name) + struct.pack("!IhIhih", 0, 0, typoid, size, -1, 0)
+        body += cstr(name) + struct.pack("!IhIhih", 0, 0, typoid, size, -1, formats[i] if formats else 0)
     return msg(b"T", body)
+
+
+# Extended query protocol (backend side).
+def parse_complete() -> bytes:
+    return msg(b"1")
+
+
+def bind_complete() -> bytes:
+    return msg(b"2")
+
+
+def close_complete() -> bytes:
+    return msg(b"3")
+
+
+def no_data() -> bytes:
+    return msg(b"n")
+
+
+def portal_suspended() -> bytes:
+    return msg(b"s")
+
+
+def parameter_description(oids: list[int]) -> bytes:
+    return msg(b"t", struct.pack(f"!H{len(oids)}I", len(oids), *oids))
+
+
+class BodyReader:
+    """Fields of one message body, in order; a short or malformed body raises ProtocolError."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.pos = 0
+
+    def _take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.body):
+            raise ProtocolError("insufficient data left in message")
+        b = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def int16(self) -> int:
+        return struct.unpack("!h", self._take(2))[0]
+
+    def int32(self) -> int:
+        return struct.unpack("!i", self._take(4))[0]
+
+    def uint32(self) -> int:
+        return struct.unpack("!I", self._take(4))[0]
+
+    def byte(self) -> bytes:
+        return self._take(1)
+
+    def raw(self, n: int) -> bytes:
+        return self._take(n)
+
+    def cstr(self) -> str:
+        end = self.body.find(b"\x00", self.pos)
+        if end < 0:
+            raise ProtocolError("invalid string in message")
+        s = self.body[self.pos:end]
+        self.pos = end + 1
+        try:
+            return s.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("invalid byte sequence for encoding \"UTF8\"") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.body):
+            raise ProtocolError("invalid message format")
 
 
 def data_row(values: list[str | bytes | None]) -> bytes:
@@ -227,18 +405,21 @@ def empty_query_response() -> bytes:
     return msg(b"I")
 
 
-def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
+def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,
+            position: int | None = None) -> bytes:
     body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(sqlstate) + b"M" + cstr(message)
     if detail:
         body += b"D" + cstr(detail)
     if hint:
         body += b"H" + cstr(hint)
+    if position:
+        body += b"P" + cstr(str(position))     # 1-based character index into the query string
     return body + b"\x00"
 
 
 def error_response(sqlstate: str, message: str, severity: str = "ERROR",
-                   detail: str | None = None, hint: str | None = None) -> bytes:
-    return msg(b"E", _fields(severity, sqlstate, message, detail, hint))
+                   detail: str | None = None, hint: str | None = None, position: int | None = None) -> bytes:
+    return msg(b"E", _fields(severity, sqlstate, message, detail, hint, position))
 
 
 def notice_response(message: str, severity: str = "NOTICE", sqlstate: str = "00000") -> bytes:
@@ -262,22 +443,43 @@ def copy_done() -> bytes:
 
 
 def parse_query(body: bytes) -> str:
-    """Body of a 'Q' message."""
-    return body.rstrip(b"\x00").decode("utf-8", "replace")
+    """Body of a 'Q' message: one NUL-terminated string and nothing after it.
+
+    PostgreSQL's errors (pq_getmsgstring, pq_getmsgend, the encoding check) as SQLError:
+    the statement fails, the connection stays.
+    """
+    end = body.find(b"\x00")
+    if end < 0:
+        raise SQLError("08P01", "invalid string in message")
+    if end != len(body) - 1:
+        raise SQLError("08P01", "invalid message format")
+    return decode_client_text(body[:end])
+
+
+def decode_client_text(raw: bytes) -> str:
+    """UTF-8 from the client, or PostgreSQL's 22021 naming the first bad bytes."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = " ".join(f"0x{b:02x}" for b in raw[e.start:e.end])
+        raise SQLError("22021", f'invalid byte sequence for encoding "UTF8": {bad}') from None
 
 
 class SQLError(Exception):
     """An error to report to the client with a SQLSTATE; the connection stays up."""
 
-    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None):
+    def __init__(self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None,
+                 position: int | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.position = position
 
     def encode(self) -> bytes:
-        return error_response(self.sqlstate, self.message, detail=self.detail, hint=self.hint)
+        return error_response(self.sqlstate, self.message, detail=self.detail, hint=self.hint,
+                              position=self.position)
 
 
 def startup_greeting(server_params: dict[str, str], pid: int, key: int) -> bytes:

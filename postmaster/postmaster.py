@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
+from libpq.tls import TLSConfigError, server_context
 from postmaster import pidfile
 from shmem import names
 from shmem.segment import SharedState
-from utils import elog
+from utils import elog, file_perm
 from utils.config import Config, listen_host
 from utils.events import EventLog
 from utils.proc import ChildContext, child_exit, set_title
@@ -175,7 +176,16 @@ class Postmaster:
         # As PostgreSQL's ChangeToDataDir: every process works in the data directory
         # (relative paths in settings mean the same to all of them, and a process of
         # this server can be told by its working directory even after an orphaning).
+        file_perm.restrict_umask()
+        try:
+            file_perm.check_data_dir_mode(self.datadir)
+        except file_perm.DataDirModeError as e:
+            raise StartupFailure(str(e)) from None
         os.chdir(self.datadir)
+        try:
+            server_context(self.config, self.datadir)     # refuse to start on bad TLS files, as PostgreSQL
+        except TLSConfigError as e:
+            raise StartupFailure(str(e)) from None
         self.events = EventLog(self.datadir, "postmaster")
         port = self.config["port"]
         host = listen_host(self.config)
@@ -553,6 +563,11 @@ class Postmaster:
                 return
             if not msg and not fds:
                 return
+            if _flags & socket.MSG_CTRUNC:
+                # Out of descriptors: the kernel dropped the socket in transit (the client sees
+                # its connection closed); go on with the next hand-off, no spinning.
+                log.warning("could not receive a replication connection from the backend: "
+                            "out of file descriptors")
             for fd in fds:
                 try:
                     params = json.loads(msg.decode().splitlines()[0]) if msg else {}
@@ -565,7 +580,10 @@ class Postmaster:
                         peer = conn.getpeername()
                     except OSError:
                         peer = ("?", 0)
-                    self.fork_child("walsender", walsender_main,
-                                    f"walsender {params.get('user', 'postgres')} {peer[0]}({peer[1]})",
-                                    {"conn_sock": conn, "startup_params": params})
+                    try:
+                        self.fork_child("walsender", walsender_main,
+                                        f"walsender {params.get('user', 'postgres')} {peer[0]}({peer[1]})",
+                                        {"conn_sock": conn, "startup_params": params})
+                    except OSError as e:     # fork: EAGAIN/ENOMEM; refuse this client, keep running
+                        log.warning("could not fork WAL sender process: %s", e)
                 conn.close()

@@ -100,6 +100,7 @@ BAD_SETTINGS = [
     ("restore_command = 'cp %p", "unterminated quoted string"),
     ("just_a_word", "syntax error in file"),
     ("max_wal_senders = 100", '100 is outside the valid range for parameter "max_wal_senders" (0 .. 64)'),
+    (b"cluster_name = 'caf\xe9'", 'invalid byte sequence for encoding "UTF8": 0xe9'),   # Latin-1, not UTF-8
     ("checkpoint_timeout = '5 parsecs'", 'invalid value for parameter "checkpoint_timeout"'),
 ]
 
@@ -120,8 +121,8 @@ def test_bad_settings(stopped):
         good = f.read()
     line_no = good.count("\n") + 1
     for bad, needle in BAD_SETTINGS:
-        with open(conf, "w") as f:
-            f.write(good + bad + "\n")
+        with open(conf, "wb") as f:
+            f.write(good.encode() + (bad if isinstance(bad, bytes) else bad.encode()) + b"\n")
         line = start_fails(n, needle)
         assert f'"{conf}" line {line_no}' in line, line
     # The foreground start reads the same file the same way.
@@ -215,8 +216,9 @@ def test_control_file_missing_or_corrupt(stopped):
     cases = [
         (None, f'could not open control file "{path}": No such file or directory'),
         (bytes(flipped), f'incorrect checksum in control file "{path}"'),
-        (good[:10], f'control file "{path}" is too short (10 bytes)'),
-        (b"", f'control file "{path}" is too short (0 bytes)'),
+        (good[:10], f'could not read file "{path}": read 10 of {len(good)}'),
+        (b"", f'could not read file "{path}": read 0 of {len(good)}'),
+        (good + b"\0", f'incorrect size of control file "{path}": {len(good) + 1} bytes, expected {len(good)}'),
     ]
     for data, needle in cases:
         put(data)

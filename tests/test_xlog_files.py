@@ -63,7 +63,10 @@ def test_control_write_read_and_errors(tmp_path) -> None:
     with pytest.raises(ControlFileError, match=f'^incorrect checksum in control file "{path}"$'):
         read_control(d)
     open(path, "wb").write(b"short")
-    with pytest.raises(ControlFileError, match="too short"):
+    with pytest.raises(ControlFileError, match=f'^could not read file "{path}": read 5 of {CONTROL_FILE_SIZE}$'):
+        read_control(d)
+    open(path, "wb").write(bytes(CONTROL_FILE_SIZE + 1))
+    with pytest.raises(ControlFileError, match="^incorrect size of control file"):
         read_control(d)
     open(path, "wb").write(bytes(CONTROL_FILE_SIZE))
     with pytest.raises(ControlFileError, match="wrong magic number"):

@@ -39,6 +39,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("port", "int", 5432, min=1, max=65535),
     Setting("max_connections", "int", 100, min=1, max=10000),
     Setting("password_encryption", "enum", "scram-sha-256", choices=("scram-sha-256", "md5")),
+    Setting("superuser_reserved_connections", "int", 3, min=0, max=10000),
+    Setting("statement_timeout", "int", 0, unit="ms", min=0, max=2 ** 31 - 1),
+    Setting("ssl", "bool", False),
+    Setting("ssl_cert_file", "string", "server.crt"),
+    Setting("ssl_key_file", "string", "server.key"),
+    Setting("ssl_ca_file", "string", ""),
+    Setting("ssl_min_protocol_version", "enum", "TLSv1.2", choices=("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")),
     Setting("archive_mode", "enum", "off", choices=("off", "on", "always")),
     Setting("archive_command", "string", ""),
     Setting("archive_timeout", "int", 0, unit="s", min=0, max=2 ** 30),
@@ -154,12 +161,25 @@ def _unquote(value: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+def decode_lines(path: str, raw: bytes) -> list[str]:
+    """Lines of a configuration file; bytes that are not UTF-8 are a one-line error naming the line."""
+    lines = []
+    for no, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            bad = " ".join(f"0x{b:02x}" for b in line[e.start:e.end])
+            raise ConfigError(f'invalid byte sequence for encoding "UTF8": {bad} in file "{path}" line {no}') \
+                from None
+    return lines
+
+
 def parse_file(path: str) -> dict[str, tuple[str, int]]:
     """name -> (raw value, line number); later lines win, as in PostgreSQL."""
     out: dict[str, tuple[str, int]] = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            lines = decode_lines(path, f.read())
     except FileNotFoundError:
         raise ConfigError(f'could not open configuration file "{path}": No such file or directory') from None
     except OSError as e:

@@ -187,6 +187,19 @@ def tli_switch_point(tli: int, history: list[TimeLineHistoryEntry]) -> tuple[int
     raise P.SQLError("XX000", f"requested timeline {tli} is not in this server's history")
 
 
+# The reply times pg_stat_replication can show (years 1 to 9999, in Unix microseconds).
+# A standby's clock is untrusted input: anything outside is published as NULL, so that one
+# client's absurd value never breaks the view for everyone.
+MIN_REPLY_TIME_US = -62135596800 * 1_000_000
+MAX_REPLY_TIME_US = 253402300799 * 1_000_000
+
+
+def sane_reply_time(client_time: int) -> int:
+    """A standby status message's send time (PostgreSQL epoch) as Unix microseconds, or 0 (NULL)."""
+    unix_us = client_time + PG_EPOCH_OFFSET_US
+    return unix_us if MIN_REPLY_TIME_US <= unix_us <= MAX_REPLY_TIME_US else 0
+
+
 # ---------------------------------------------------------------- lag tracking
 class LagTracker:
     """PostgreSQL's LagTracker: samples (lsn, time) at send time, read per position kind."""
@@ -495,7 +508,12 @@ class WalSender:
                 continue
             mtype, body = msg
             if mtype == b"Q":
-                self.exec_query(P.parse_query(body))
+                try:
+                    text = P.parse_query(body)
+                except P.SQLError as e:
+                    self.queue(e.encode())
+                else:
+                    self.exec_query(text)
                 self.queue(P.ready_for_query(b"I"))
             elif mtype == b"X":
                 raise Terminate(0)
@@ -822,7 +840,7 @@ class WalSender:
         if reply:
             self.send_keepalive(False)
         values: dict[str, int] = {"write_lsn": write, "flush_lsn": flush, "replay_lsn": apply,
-                                  "reply_time_us": client_time + PG_EPOCH_OFFSET_US}
+                                  "reply_time_us": sane_reply_time(client_time)}
         if write_lag != -1 or clear:
             values["write_lag_us"] = write_lag
         if flush_lag != -1 or clear:

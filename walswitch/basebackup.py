@@ -117,6 +117,7 @@ def basebackup(conninfo: str, datadir: str, write_recovery_conf: bool = False) -
     if os.path.exists(datadir) and os.listdir(datadir):
         raise BaseBackupError(f'directory "{datadir}" exists but is not empty')
     os.makedirs(datadir, mode=0o700, exist_ok=True)
+    os.chmod(datadir, 0o700)
     client = MiniClient(conninfo)
     rows: list[list[str | None]] = []
     tar_bytes = io.BytesIO()

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+from utils import file_perm
+
 PROG = "walswitch"
 
 
@@ -62,6 +64,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CliError(f'could not read password from file "{args.pwfile}": {e.strerror}') from None
     except InitError as e:
         raise CliError(str(e)) from None
+    if args.ssl:
+        from walswitch.sslcerts import make_server_certificates
+        hosts = [h.strip() for h in args.ssl_hosts.split(",") if h.strip()] if args.ssl_hosts else None
+        make_server_certificates(args.datadir, hosts)
+        with open(os.path.join(args.datadir, "walswitch.conf"), "a", encoding="utf-8") as f:
+            f.write("ssl = on\n")
     print(f'Success. You can now start the database server using:\n\n    {PROG} start -D {args.datadir}\n')
     return 0
 
@@ -315,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-A", "--auth", default=None, choices=_AUTH_METHODS)
     s.add_argument("--auth-host", default=None, choices=_AUTH_METHODS)
     s.add_argument("--auth-local", default=None, choices=_AUTH_METHODS)
+    s.add_argument("--ssl", action="store_true",
+                   help="make a CA and a server certificate (root.crt, server.crt, server.key) and set ssl = on")
+    s.add_argument("--ssl-hosts", metavar="NAMES", default=None,
+                   help="comma-separated host names and addresses for the server certificate "
+                        "(default: localhost, 127.0.0.1, ::1 and this host's name)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("start", help="run the server (foreground unless --detach)")
@@ -369,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Whatever this command creates (a data directory, its files, a server's files) is for its owner only.
+    file_perm.restrict_umask()
     try:
         return args.func(args)
     except CliError as e:

@@ -67,6 +67,7 @@ def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None, supe
         raise InitError(f'directory "{datadir}" exists but is not empty')
     try:
         os.makedirs(datadir, mode=0o700, exist_ok=True)
+        os.chmod(datadir, 0o700)        # an existing empty directory too, as initdb's "fixing permissions"
         for sub in ("global", "pg_wal", "pg_wal/archive_status", "base", "log"):
             os.makedirs(os.path.join(datadir, sub), mode=0o700, exist_ok=True)
     except OSError as e:

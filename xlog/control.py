@@ -126,11 +126,18 @@ def read_control(datadir: str) -> ControlFile:
     path = control_path(datadir)
     try:
         with open(path, "rb") as f:
-            data = f.read(CONTROL_FILE_SIZE)
+            data = f.read(CONTROL_FILE_SIZE + 1)
     except FileNotFoundError:
         raise ControlFileError(f'could not open control file "{path}": No such file or directory') from None
     except OSError as e:
         raise ControlFileError(f'could not read control file "{path}": {e.strerror}') from None
+    # A file of the wrong size is not ours to guess at: PostgreSQL's short-read message, and
+    # the same refusal for a file that is too long.
+    if len(data) < CONTROL_FILE_SIZE:
+        raise ControlFileError(f'could not read file "{path}": read {len(data)} of {CONTROL_FILE_SIZE}')
+    if len(data) > CONTROL_FILE_SIZE:
+        size = os.path.getsize(path)
+        raise ControlFileError(f'incorrect size of control file "{path}": {size} bytes, expected {CONTROL_FILE_SIZE}')
     return ControlFile.unpack(data, path)
 
 
