@@ -279,16 +279,6 @@ class Connection:
         params["session_authorization"] = role.name
         self.out += P.startup_greeting(params, os.getpid(), self.cancel_key)
 
-    def is_superuser(self) -> bool:
-        """The connecting role's SUPERUSER attribute; superuser when authentication set no role."""
-        if self.session is not None and hasattr(self.session, "is_superuser"):
-            return bool(getattr(self.session, "is_superuser"))
-        role = getattr(self, "role", None)
-        for attr in ("superuser", "rolsuper", "is_superuser"):
-            if role is not None and hasattr(role, attr):
-                return bool(getattr(role, attr))
-        return True
-
     def process_messages(self) -> None:
         while self.state == ConnState.READY and self.gen is None and not self.close_after_flush \
                 and len(self.out) < MAX_PENDING_OUTPUT:

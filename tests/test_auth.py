@@ -142,6 +142,9 @@ def test_standby_roles_survive_promotion(nodes):
     wait_for(lambda: _refused(s, "app", "apw2") is None, 60, "the standby to authenticate app")
     assert "password authentication failed" in _refused(s, "app", "apw")
     assert "password authentication failed" in _refused(s, "gone", "x")
+    with pytest.raises(psycopg2.Error) as e:
+        s.sql("CREATE ROLE on_standby")
+    assert e.value.pgcode == "25006" and "cannot execute CREATE ROLE in a read-only transaction" in str(e.value)
     rows = dict(s.sql("SELECT rolname, rolpassword FROM pg_roles"))
     assert rows["app"] == "********" and "gone" not in rows and rows["postgres"] is None
     authid = dict(p.sql("SELECT rolname, rolpassword FROM pg_authid"))
