@@ -13,7 +13,6 @@ Passwords are stored only as verifiers: a pre-hashed ``SCRAM-SHA-256$...`` or
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pglast import ast, parse_sql
@@ -23,7 +22,6 @@ from libpq import scram
 from libpq.protocol import SQLError
 from storage.roles import RoleInfo, all_roles, lookup_role
 
-ROLE_DDL = re.compile(r"^\s*(create|alter|drop)\s+(role|user)\b", re.I)
 FIRST_USER_OID = 16384
 
 _FLAGS = {"superuser": "superuser", "canlogin": "login", "isreplication": "replication"}
@@ -38,12 +36,8 @@ def require_superuser(session: Any, message: str) -> None:
         raise SQLError("42501", message)
 
 
-def is_role_ddl(sql: str) -> bool:
-    return ROLE_DDL.match(sql) is not None
-
-
 def run_role_sql(session: Any, sql: str) -> str:
-    """Parse with PostgreSQL's grammar and execute; returns the command tag."""
+    """One role statement's text (backend/parse.py cut it out): parse it into pglast's nodes, execute it."""
     try:
         stmts = parse_sql(sql)
     except ParseError as e:

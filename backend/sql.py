@@ -35,7 +35,7 @@ from backend import roles
 from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN,
                            SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast,
                            Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
-                           Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
+                           RoleStmt, Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
 from backend.parse import parse
 from libpq import protocol as P
 from libpq.protocol import SQLError
@@ -680,9 +680,6 @@ class Session:
 
         ``stmts``: already parsed (the backend parses very large statements off its loop).
         """
-        if stmts is None and roles.is_role_ddl(sql):
-            yield from self.run_role_ddl(sql)
-            return
         try:
             stmts = parse(sql) if stmts is None else stmts
         except SQLError as e:
@@ -709,19 +706,6 @@ class Session:
         finally:
             self._implicit = False
 
-    def run_role_ddl(self, sql: str) -> Generator[Wait, None, None]:
-        """CREATE/ALTER/DROP ROLE|USER through pglast (backend/roles.py); one statement."""
-        try:
-            if self.failed:
-                raise SQLError("25P02", "current transaction is aborted, commands ignored "
-                                        "until end of transaction block")
-            self.send(P.command_complete(roles.run_role_sql(self, sql)))
-        except SQLError as e:
-            self._fail(e)
-            return
-        if not self.block:
-            yield from self._commit()
-
     def _fail(self, e: SQLError) -> None:
         self.send(e.encode())
         if self.block:
@@ -747,6 +731,8 @@ class Session:
             self.exec_show(st)
         elif isinstance(st, SetStmt):
             self.exec_set(st)
+        elif isinstance(st, RoleStmt):
+            self.complete(roles.run_role_sql(self, st.text))
         elif isinstance(st, Checkpoint):
             roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()

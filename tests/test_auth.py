@@ -247,3 +247,25 @@ def test_start_refuses_bad_or_missing_hba(nodes):
     os.unlink(os.path.join(p.datadir, "pg_hba.conf"))
     r = walswitch("start", "-D", p.datadir, check=False)
     assert r.returncode != 0 and "could not load pg_hba.conf" in r.stderr
+
+
+def test_role_ddl_is_transactional(nodes):
+    """Role changes commit or roll back with their transaction, also inside a multi-statement query."""
+    p = nodes("p")
+    p.init()
+    p.start()
+    p.sql("SET password_encryption = 'md5'; CREATE ROLE m1 LOGIN PASSWORD 'x'; CREATE USER m2")
+    c = p.connect(autocommit=False)
+    with c.cursor() as cur:
+        cur.execute("CREATE ROLE rolled_back LOGIN")
+        cur.execute("SELECT rolname FROM pg_roles WHERE rolname = 'rolled_back'")
+        assert cur.fetchall() == [("rolled_back",)]
+    c.rollback()
+    c.close()
+    names = {r[0]: r[1] for r in p.sql("SELECT rolname, rolcanlogin FROM pg_roles")}
+    assert names == {"postgres": True, "m1": True, "m2": True}
+    for q, code in (("CREATE ROLE m1", "42710"), ("DROP ROLE nobody", "42704"), ("CREATE ROLE pg_x", "42939"),
+                    ("DROP ROLE postgres", "55006"), ("CREATE ROLE", "42601")):
+        with pytest.raises(psycopg2.Error) as e:
+            p.sql(q)
+        assert e.value.pgcode == code, q
