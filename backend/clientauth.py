@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libpq.auth import Authenticator
-from libpq.hba import HbaRules, no_match_message
+from libpq.hba import HbaLine, HbaRules, no_match_message
 from libpq.protocol import StartupPacket
 from storage.roles import RoleInfo, lookup_role
 from utils import elog
@@ -58,11 +58,16 @@ class ClientAuth:
         self.store_conn = store_conn
         self.password_encryption = password_encryption
         self.authenticator: Authenticator | None = None
+        self.line: HbaLine | None = None        # the pg_hba.conf line that matched
         self.role: RoleInfo | None = None
         self.out = bytearray()
 
     def _refuse(self, sqlstate: str, message: str, detail: str = "") -> AuthOutcome:
-        log.info("connection refused: %s%s", message, f" ({detail})" if detail else "")
+        # As PostgreSQL's server log: FATAL, the reason in DETAIL (never sent to the client).
+        if self.line is not None:
+            matched = f'Connection matched pg_hba.conf line {self.line.line_no}: "{self.line.raw}"'
+            detail = f"{detail}  {matched}" if detail else matched
+        log.critical("%s%s", message, f"\nDETAIL:  {detail}" if detail else "")
         return AuthOutcome(sqlstate=sqlstate, message=message)
 
     def begin(self) -> AuthOutcome | None:
@@ -71,6 +76,7 @@ class ClientAuth:
         if line is None:
             return self._refuse("28000", no_match_message(self.address, self.user, self.database,
                                                           self.ssl, self.replication))
+        self.line = line
         ssl = "on" if self.ssl else "off"
         if line.method == "reject":
             if self.replication:

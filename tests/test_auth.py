@@ -139,6 +139,8 @@ def test_standby_roles_survive_promotion(nodes):
     for n in (p, s):
         _hba(n, scram_only)
         _reload(n)
+    for n in (p, s):
+        wait_for(lambda n=n: _refused(n, "app", "not-it") is not None, 60, f"scram in force on {n.name}")
     wait_for(lambda: _refused(s, "app", "apw2") is None, 60, "the standby to authenticate app")
     assert "password authentication failed" in _refused(s, "app", "apw")
     assert "password authentication failed" in _refused(s, "gone", "x")
@@ -174,7 +176,7 @@ def test_standby_streams_as_scram_replication_role(nodes):
     s = nodes.standby(p, start=False)
     _hba(p, "host replication repl 127.0.0.1/32 scram-sha-256\nhost all postgres 127.0.0.1/32 trust\n")
     _reload(p)
-    p.wait_log("received SIGHUP")
+    wait_for(lambda: _refused(p, "repl", "rpw") is not None, 30, "the new pg_hba.conf in force")
     s.set_conf(primary_conninfo=f"host=127.0.0.1 port={p.port} user=repl password=wrong")
     s.start(wait_ready=False)
     s.wait_log('password authentication failed for user "repl"', timeout=60)
@@ -269,3 +271,20 @@ def test_role_ddl_is_transactional(nodes):
         with pytest.raises(psycopg2.Error) as e:
             p.sql(q)
         assert e.value.pgcode == code, q
+
+
+def test_failure_logged_with_reason_never_password(nodes):
+    p = nodes("p")
+    p.init()
+    p.start()
+    p.sql("CREATE ROLE lg LOGIN PASSWORD 'right-secret'")
+    _hba(p, "host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    _reload(p)
+    wait_for(lambda: _refused(p, "lg", "wrong-secret") is not None, 30, "scram in force")
+    assert _refused(p, "nobody", "wrong-secret") is not None
+    p.wait_log('Connection matched pg_hba.conf line 2: "host all all 127.0.0.1/32 scram-sha-256"')
+    p.wait_log('Role "nobody" does not exist.')
+    text = p.log_text()
+    assert 'FATAL:  password authentication failed for user "lg"' in text
+    assert "Password does not match for user" in text
+    assert "right-secret" not in text and "wrong-secret" not in text
