@@ -46,7 +46,7 @@ class ClientAuth:
 
     def __init__(self, pkt: StartupPacket, address: str | None, ssl_in_use: bool,
                  channel_binding: bytes | None, hba: HbaRules | None, store_conn: Any,
-                 password_encryption: str):
+                 password_encryption: str, peer_cert_cn: str | None = None):
         self.pkt = pkt
         self.user = pkt.user
         self.database = pkt.database
@@ -57,6 +57,7 @@ class ClientAuth:
         self.hba = hba
         self.store_conn = store_conn
         self.password_encryption = password_encryption
+        self.peer_cert_cn = peer_cert_cn       # CN of a client certificate the TLS handshake verified
         self.authenticator: Authenticator | None = None
         self.line: HbaLine | None = None        # the pg_hba.conf line that matched
         self.role: RoleInfo | None = None
@@ -86,6 +87,12 @@ class ClientAuth:
                 msg = f'pg_hba.conf rejects connection for host "{self.address}", user "{self.user}", ' \
                       f'database "{self.database}", SSL {ssl}'
             return self._refuse("28000", msg)
+        clientcert = line.options.get("clientcert")
+        if clientcert is not None and self.peer_cert_cn is None:
+            return self._refuse("28000", "connection requires a valid client certificate")
+        if clientcert == "verify-full" and self.peer_cert_cn != self.user:
+            return self._refuse("28000", "certificate validation (clientcert=verify-full) failed for user "
+                                         f'"{self.user}": CN mismatch')
         self.role = lookup_role(self.store_conn, self.user) if self.store_conn is not None else None
         self.authenticator = Authenticator(line.method, self.user, self.role, self.channel_binding,
                                            self.password_encryption)

@@ -226,7 +226,7 @@ class Connection:
         self.auth = ClientAuth(pkt, self.addr[0] if isinstance(self.addr, tuple) else None, self.ssl_in_use,
                                self.channel_binding_data, getattr(b, "hba", None),
                                store.conn if store is not None else None,
-                               b.config["password_encryption"])
+                               b.config["password_encryption"], self.peer_cert_cn)
         self.auth_step(self.auth.begin())
 
     def process_auth(self) -> None:

@@ -147,6 +147,11 @@ def parse_line(fields: list[list[Token]], line_no: int, raw: str) -> HbaLine:
             if not eq:
                 raise ValueError(f'authentication option not in name=value format: {t.text}')
             options[name] = value
+    if "clientcert" in options:
+        if ctype != "hostssl":
+            raise ValueError('clientcert can only be configured for "hostssl" rows')
+        if options["clientcert"] not in ("verify-ca", "verify-full"):
+            raise ValueError(f'invalid value for clientcert: "{options["clientcert"]}"')
     return HbaLine(line_no, raw, ctype, databases, users, address, addr_kw, method, options)
 
 

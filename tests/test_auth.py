@@ -288,3 +288,12 @@ def test_failure_logged_with_reason_never_password(nodes):
     assert 'FATAL:  password authentication failed for user "lg"' in text
     assert "Password does not match for user" in text
     assert "right-secret" not in text and "wrong-secret" not in text
+
+
+@pytest.mark.parametrize("line, err", [
+    ("host all all 127.0.0.1/32 trust clientcert=verify-ca", 'clientcert can only be configured for "hostssl" rows'),
+    ("hostssl all all 127.0.0.1/32 trust clientcert=yes", 'invalid value for clientcert: "yes"'),
+])
+def test_hba_clientcert_options(line, err):
+    with pytest.raises(HbaError, match=err):
+        parse_hba(line + "\n")

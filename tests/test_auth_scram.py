@@ -205,3 +205,71 @@ def test_scram_plus_over_tls_and_hostssl(nodes, tmp_path):
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(f"host=127.0.0.1 port={n.port} user=postgres dbname=postgres password=no "
                         "sslmode=require channel_binding=require")
+
+
+def _certs(d, client_cns):
+    """A CA, a server certificate for 127.0.0.1 and client certificates for the given CNs (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(cn, key, issuer_name, issuer_key, ca=False, san=None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def write(name, data, mode=0o600):
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return path
+
+    def key_pem(k):
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = cert("test CA", ca_key, ca_name, ca_key, ca=True)
+    write("root.crt", ca.public_bytes(serialization.Encoding.PEM))
+    sk = ec.generate_private_key(ec.SECP256R1())
+    write("server.crt", cert("localhost", sk, ca_name, ca_key,
+                             san=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]).public_bytes(
+        serialization.Encoding.PEM))
+    write("server.key", key_pem(sk))
+    out = {}
+    for cn in client_cns:
+        k = ec.generate_private_key(ec.SECP256R1())
+        out[cn] = (write(f"{cn}.crt", cert(cn, k, ca_name, ca_key).public_bytes(serialization.Encoding.PEM)),
+                   write(f"{cn}.key", key_pem(k)))
+    return out
+
+
+def test_hostssl_clientcert(nodes, tmp_path):
+    n = nodes("p")
+    walswitch("init", "-D", n.datadir, "--wal-segsize", "1", "-p", str(n.port), "-U", "postgres")
+    clients = _certs(n.datadir, ["postgres", "someone"])
+    with open(os.path.join(n.datadir, "walswitch.conf"), "a") as f:
+        f.write("ssl = on\nssl_ca_file = 'root.crt'\n")
+    with open(os.path.join(n.datadir, "pg_hba.conf"), "w") as f:
+        f.write("hostssl all all 127.0.0.1/32 trust clientcert=verify-full\n")
+    n.start()
+    base = f"host=127.0.0.1 port={n.port} user=postgres dbname=postgres sslmode=require"
+    crt, key = clients["postgres"]
+    with psycopg.connect(f"{base} sslcert={crt} sslkey={key}") as c:
+        assert c.execute("SELECT current_user").fetchone() == ("postgres",)
+    with pytest.raises(psycopg.OperationalError, match="connection requires a valid client certificate"):
+        psycopg.connect(f"{base} sslcert=/nonexistent sslkey=/nonexistent")
+    crt, key = clients["someone"]
+    with pytest.raises(psycopg.OperationalError, match=r"clientcert=verify-full\) failed for user \"postgres\""):
+        psycopg.connect(f"{base} sslcert={crt} sslkey={key}")
