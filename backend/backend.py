@@ -41,6 +41,7 @@ from typing import Any
 
 from backend import checkpoint as ckpt
 from backend.fdbudget import FdBudget
+from backend.tlsrelay import Relay
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import CommitWait, Engine, Panic, SQLError, Txn
 from libpq import protocol as P
@@ -347,6 +348,9 @@ class Backend(Engine):
             del self.conns[conn.fd]
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.sel.unregister(conn.sock)
+            if conn.relay is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.sel.unregister(conn.relay.sock)
 
     def hand_off(self, conn: Connection, pkt: P.StartupPacket) -> None:
         """A replication connection: pass the socket to the postmaster, which forks a walsender."""
@@ -362,6 +366,31 @@ class Backend(Engine):
             conn.fatal("08006", "could not start WAL sender")
             return
         conn.detach()
+
+    def hand_off_relayed(self, conn: Connection, pkt: P.StartupPacket, early: bytes) -> None:
+        """A replication connection over TLS: the walsender gets a socketpair, this loop relays."""
+        if self.handoff_sock is None or self.shutdown_mode is not None:
+            conn.fatal("57P03", "the database system is shutting down" if self.shutdown_mode
+                       else "replication connections are not accepted here")
+            return
+        conn.flush_out()          # authentication's last message goes before the walsender's bytes
+        ours, theirs = socket.socketpair()
+        try:
+            peer = conn.sock.getpeername()
+        except OSError:
+            peer = ("?", 0)
+        try:
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, conn.role, peer[:2])], [theirs.fileno()])
+        except OSError as e:
+            ours.close()
+            log.warning("could not hand replication connection to the postmaster: %s", e)
+            conn.fatal("08006", "could not start WAL sender")
+            return
+        finally:
+            theirs.close()
+        conn.state = ConnState.RELAY
+        conn.relay = Relay(conn, ours, early)
+        conn.relay.flush()
 
     def update_registrations(self) -> None:
         for conn in list(self.conns.values()):
@@ -383,6 +412,21 @@ class Backend(Engine):
                     conn.registered_mask = mask
                 except (KeyError, ValueError, OSError):
                     conn.close()
+            relay = conn.relay
+            if relay is not None and not relay.closed:
+                rmask = (selectors.EVENT_READ if relay.wants_read() else 0) | \
+                    (selectors.EVENT_WRITE if relay.to_walsender else 0)
+                if rmask != relay.registered_mask:
+                    try:
+                        if rmask == 0:
+                            self.sel.unregister(relay.sock)
+                        elif relay.registered_mask == 0:
+                            self.sel.register(relay.sock, rmask, relay)
+                        else:
+                            self.sel.modify(relay.sock, rmask, relay)
+                        relay.registered_mask = rmask
+                    except (KeyError, ValueError, OSError):
+                        conn.close()
 
     def flush_outputs(self) -> None:
         for conn in list(self.conns.values()):
@@ -510,6 +554,11 @@ class Backend(Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
+                elif isinstance(data, Relay):
+                    if mask & selectors.EVENT_READ and not data.closed:
+                        data.on_readable()
+                    if mask & selectors.EVENT_WRITE and not data.closed:
+                        data.flush()
                 else:
                     conn: Connection = data
                     if mask & selectors.EVENT_READ and not conn.closed:

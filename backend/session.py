@@ -37,6 +37,7 @@ from backend.nodes import Stmt
 from backend.parse import parse
 from backend.sql import CommitWait, Panic, Session, Until, Wait
 from libpq import protocol as P
+from backend.tlsrelay import Relay
 from libpq.tls import TLSChannel
 from libpq.protocol import ProtocolError, SQLError
 from storage.roles import RoleInfo
@@ -70,6 +71,7 @@ class ConnState(Enum):
     STARTUP = 1
     READY = 2
     CLOSED = 3
+    RELAY = 4          # a replication connection over TLS: bytes relayed to a walsender (tlsrelay.py)
 
 
 class Connection:
@@ -94,6 +96,7 @@ class Connection:
         self.tls: TLSChannel | None = None      # after an SSLRequest answered 'S' (libpq/tls.py)
         self.raw_out = bytearray()              # bytes for the socket once TLS is on (self.out is plaintext)
         self.channel_binding_data: bytes | None = None   # tls-server-end-point, for SCRAM-SHA-256-PLUS
+        self.relay: Relay | None = None         # a TLS replication connection's walsender side
         # Cancel and statement_timeout: the monotonic deadline of the running statement, and the
         # error to throw into it at its next wait (a single-process backend cannot interrupt code
         # that is running, only a statement that waits).
@@ -113,6 +116,8 @@ class Connection:
         return self.gen is not None
 
     def wants_read(self) -> bool:
+        if self.relay is not None:
+            return self.relay.client_wants_read()
         return (not self.closed and not self.close_after_flush and self.gen is None
                 and len(self.out) < MAX_PENDING_OUTPUT)
 
@@ -142,6 +147,9 @@ class Connection:
                 self.close()
                 return
             self.raw_out += self.tls.take_output()     # handshake records
+            if self.relay is not None:
+                self.relay.from_client(data)
+                return
             if not data:
                 return
         try:
@@ -164,6 +172,7 @@ class Connection:
                     if self.state == ConnState.READY and leftover:
                         self.reader.feed(leftover)
                     elif self.auth is not None and leftover:
+                        self.startup.buf.clear()          # now the reader's
                         self.reader.feed(leftover)
                         self.process_auth()
             else:
@@ -211,11 +220,6 @@ class Connection:
             b.cancel_request(*pkt.cancel)
             self.close()
             return
-        if pkt.replication is not None and self.tls is not None:
-            # A TLS session cannot follow the socket into the walsender process (see README, TLS).
-            self.fatal("0A000", "replication connections over SSL are not supported; use sslmode=disable "
-                                "or prefer for replication")
-            return
         if b.shutdown_mode is not None:
             self.fatal("57P03", "the database system is shutting down")
             return
@@ -256,7 +260,14 @@ class Connection:
             return
         self.role = outcome.role
         if pkt.replication is not None:
-            self.backend.hand_off(self, pkt)
+            if self.tls is not None:
+                # A TLS session cannot follow the socket into the walsender process: relay it.
+                early = bytes(self.startup.buf) + bytes(self.reader.buf)
+                self.startup.buf.clear()
+                self.reader.buf.clear()
+                self.backend.hand_off_relayed(self, pkt, early)
+            else:
+                self.backend.hand_off(self, pkt)
             return
         self.finish_startup(pkt)
 
@@ -501,6 +512,8 @@ class Connection:
             except Exception as e:  # noqa: BLE001 - WAL trouble surfaces at the next flush
                 log.warning("could not abort transaction at disconnect: %s", e)
         self.backend.forget(self)
+        if self.relay is not None:
+            self.relay.close()
         try:
             self.sock.close()
         except OSError:
@@ -565,8 +578,11 @@ def statement_timeout_ms(session: Session | None, config: Any) -> int:
 ROLE_KEYS = ("walswitch.role", "walswitch.role_superuser", "walswitch.role_replication")
 
 
-def handoff_payload(pkt: P.StartupPacket, role: RoleInfo | None = None) -> bytes:
-    """The startup parameters and the authenticated role for the walsender (first line, JSON).
+def handoff_payload(pkt: P.StartupPacket, role: RoleInfo | None = None,
+                    peer: tuple[str, int] | None = None) -> bytes:
+    """The startup parameters and the authenticated role for the walsender (first line, JSON); for a
+    relayed (TLS) connection also the client's address on a second line, since the walsender's socket
+    is then one end of a socketpair.
 
     The role keys are always set here, never taken from the client: a client-sent
     ``walswitch.role*`` option is dropped so that it cannot claim a role.
@@ -575,4 +591,7 @@ def handoff_payload(pkt: P.StartupPacket, role: RoleInfo | None = None) -> bytes
     if role is not None:
         params.update(dict(zip(ROLE_KEYS, (role.name, "on" if role.superuser else "off",
                                            "on" if role.replication else "off"))))
-    return json.dumps(params).encode() + b"\n"
+    out = json.dumps(params).encode() + b"\n"
+    if peer is not None:
+        out += json.dumps({"peer": [str(peer[0]), int(peer[1])], "ssl": True}).encode() + b"\n"
+    return out

@@ -1,10 +1,14 @@
-"""PostgreSQL frontend/backend protocol version 3, server side.
+"""PostgreSQL frontend/backend protocol version 3: the one codec of the server and the client side.
 
-Framing only: the startup phase (SSLRequest/GSSENCRequest answered 'N',
+Framing: the startup phase (SSLRequest/GSSENCRequest answered 'N',
 CancelRequest, StartupMessage), and encoders/decoders for the messages the
 backend and walsenders exchange with libpq clients (psql, psycopg2, pgbench,
-pg_receivewal).  Message layouts are PostgreSQL's (protocol-message-formats);
-the code is ours.
+pg_receivewal).  The streaming-replication messages carried inside CopyData
+(XLogData 'w', primary keepalive 'k', standby status update 'r', hot standby
+feedback 'h') are encoded and decoded here for both ends: the walsender builds
+'w'/'k' and reads 'r'/'h', the walreceiver (whose connection is libpq itself)
+reads 'w'/'k' and builds 'r'.  Message layouts are PostgreSQL's
+(protocol-message-formats, protocol-replication); the code is ours.
 
 Everything here works on a blocking socket or on bytes; the event loops live
 in backend.py and walsender.py.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 PROTOCOL_3 = 196608          # 3.0
 SSL_REQUEST = 80877103
@@ -507,3 +512,91 @@ def default_server_params(application_name: str = "", in_hot_standby: bool = Fal
         "standard_conforming_strings": "on",
         "TimeZone": "UTC",
     }
+
+
+# ---- streaming replication messages (the payload of a CopyData 'd') --------
+# Every position is a uint64 LSN, every time an int64 of microseconds since
+# 2000-01-01 UTC.  The struct layouts leave out the leading kind byte.
+XLOGDATA_KIND = ord("w")
+KEEPALIVE_KIND = ord("k")
+STANDBY_STATUS_KIND = ord("r")
+HOT_STANDBY_FEEDBACK_KIND = ord("h")
+
+XLOGDATA_HEADER = struct.Struct("!QQq")        # dataStart, walEnd, sendTime; the WAL bytes follow
+XLOGDATA_PAYLOAD = 1 + XLOGDATA_HEADER.size    # offset of the WAL bytes in the CopyData payload (25)
+KEEPALIVE = struct.Struct("!QqB")              # walEnd, sendTime, replyRequested
+STANDBY_STATUS = struct.Struct("!QQQqB")       # write, flush, apply, sendTime, replyRequested
+HOT_STANDBY_FEEDBACK = struct.Struct("!qIIII")  # sendTime, xmin, xmin epoch, catalog_xmin, its epoch
+
+_xlogdata_unpack = XLOGDATA_HEADER.unpack_from
+
+
+class Keepalive(NamedTuple):
+    wal_end: int
+    send_time: int
+    reply_requested: bool
+
+
+class StandbyStatus(NamedTuple):
+    write: int
+    flush: int
+    apply: int
+    send_time: int
+    reply_requested: bool
+
+
+class HotStandbyFeedback(NamedTuple):
+    send_time: int
+    xmin: int
+    xmin_epoch: int
+    catalog_xmin: int
+    catalog_xmin_epoch: int
+
+
+def xlog_data_header(data_start: int, wal_end: int, send_time: int) -> bytes:
+    """'w' and its header; the caller appends the WAL bytes from data_start on."""
+    return b"w" + XLOGDATA_HEADER.pack(data_start, wal_end, send_time)
+
+
+def keepalive(wal_end: int, send_time: int, reply_requested: bool) -> bytes:
+    return b"k" + KEEPALIVE.pack(wal_end, send_time, 1 if reply_requested else 0)
+
+
+def standby_status(write: int, flush: int, apply: int, send_time: int, reply_requested: bool) -> bytes:
+    return b"r" + STANDBY_STATUS.pack(write, flush, apply, send_time, 1 if reply_requested else 0)
+
+
+def hot_standby_feedback(send_time: int, xmin: int, xmin_epoch: int, catalog_xmin: int,
+                         catalog_xmin_epoch: int) -> bytes:
+    return b"h" + HOT_STANDBY_FEEDBACK.pack(send_time, xmin, xmin_epoch, catalog_xmin, catalog_xmin_epoch)
+
+
+def decode_xlog_data(buf) -> tuple[int, int, int]:
+    """(data_start, wal_end, send_time) of a 'w' payload (bytes or a buffer); the WAL is buf[XLOGDATA_PAYLOAD:].
+
+    A plain tuple: this runs once per message on the walreceiver's hot path.
+    """
+    if len(buf) < XLOGDATA_PAYLOAD:
+        raise ProtocolError("invalid WAL message received from primary")
+    return _xlogdata_unpack(buf, 1)
+
+
+def decode_keepalive(buf) -> Keepalive:
+    if len(buf) < 1 + KEEPALIVE.size:
+        raise ProtocolError("invalid keepalive message received from primary")
+    wal_end, send_time, reply = KEEPALIVE.unpack_from(buf, 1)
+    return Keepalive(wal_end, send_time, bool(reply))
+
+
+def decode_standby_status(buf) -> StandbyStatus:
+    """The fields of an 'r' message as sent; judging their values is the caller's business."""
+    if len(buf) < 1 + STANDBY_STATUS.size:
+        raise ProtocolError("invalid standby status message")
+    write, flush, apply, send_time, reply = STANDBY_STATUS.unpack_from(buf, 1)
+    return StandbyStatus(write, flush, apply, send_time, bool(reply))
+
+
+def decode_hot_standby_feedback(buf) -> HotStandbyFeedback:
+    if len(buf) < 1 + HOT_STANDBY_FEEDBACK.size:
+        raise ProtocolError("invalid hot standby feedback message")
+    return HotStandbyFeedback(*HOT_STANDBY_FEEDBACK.unpack_from(buf, 1))

@@ -3,8 +3,8 @@ and under ``standby_wal_coordination = walreceiver_restores`` also restores it f
 
 Forked by the postmaster when the startup process asks for it, run as
 ``main(ctx)``.  It owns: the replication connection (walreceiver/
-libpqwalreceiver.py, our own libpq client; its header says why psycopg2's
-PhysicalReplicationConnection could not do the job), the segment files it is
+libpqwalreceiver.py: real libpq through psycopg's ``pq`` layer, the
+replication messages from libpq/protocol.py), the segment files it is
 writing in ``DIR/pg_wal`` (open descriptors, at most the current and a
 just-completed one), the ``archive_status`` mark of each segment or history
 file it completes or restores, the restore_command runs of

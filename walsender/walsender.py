@@ -81,7 +81,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import time
 from dataclasses import dataclass
 
@@ -278,8 +277,8 @@ class WalSender:
         self.database = self.params.get("database") if self.params.get("replication", "").lower() == "database" else None
         self.pg_wal = os.path.join(ctx.datadir, "pg_wal")
         try:
-            host, port = self.sock.getpeername()[:2]
-        except OSError:
+            host, port = ctx.extra.get("peer") or self.sock.getpeername()[:2]
+        except (OSError, ValueError):
             host, port = "?", 0
         self.peer = (str(host), int(port))
         self.timeout_ms = int(ctx.config.get("wal_sender_timeout", 60000) or 0)
@@ -754,7 +753,7 @@ class WalSender:
             self.flush_some()
 
     def send_keepalive(self, reply_requested: bool) -> None:
-        self.queue(P.copy_data(b"k" + struct.pack("!qqB", self.sent_ptr, pg_now(), 1 if reply_requested else 0)))
+        self.queue(P.copy_data(P.keepalive(self.sent_ptr, pg_now(), reply_requested)))
         if reply_requested:
             self.waiting_for_ping = True
 
@@ -818,8 +817,8 @@ class WalSender:
         if kind == b"r":
             if len(body) < 34:
                 raise ClientGone("invalid standby status message")
-            write, flush, apply, client_time, reply = struct.unpack_from("!QQQqB", body, 1)
-            self.process_reply(write, flush, apply, client_time, bool(reply))
+            write, flush, apply, client_time, reply = P.decode_standby_status(body)
+            self.process_reply(write, flush, apply, client_time, reply)
         elif kind == b"h":
             pass   # hot standby feedback: we keep no xmin horizon
         else:
@@ -947,7 +946,7 @@ class WalSender:
             end = limit - limit % XLOG_BLCKSZ   # whole pages; a segment end is one already
             self.caught_up = False
         data = self.read_wal(start, end - start, segsize)
-        self.queue(P.copy_data(b"w" + struct.pack("!QQq", start, send_rqst, pg_now()) + data))
+        self.queue(P.copy_data(P.xlog_data_header(start, send_rqst, pg_now()) + data))
         self.sent_ptr = end
         self.slot.set(sent_lsn=end)   # our own slot; a single aligned field
         self.update_title(f"streaming {format_lsn(end)}")

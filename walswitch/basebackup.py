@@ -6,8 +6,9 @@ stream of the data directory (control file, configuration, a consistent
 SQLite snapshot, the WAL from the start point's segment to the end point's,
 and ``backup_label``), and a result set with the end point.
 
-psycopg2 cannot read a result set followed by CopyOut in one command, so this
-speaks the protocol itself (a dozen message types, client side).
+The connection is libpq's, through the walreceiver's connection class
+(walreceiver/libpqwalreceiver.py): a result set, CopyOut and a result set in
+one command, which psycopg2 cannot read.
 
 The control file is then made what PostgreSQL's backup_label makes of it at
 the standby's first start: recovery begins at the backup's checkpoint, and the
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import struct
 import tarfile
+import time
 
-import psycopg2.extensions
+import psycopg
+from psycopg import pq
+
+from walreceiver.libpqwalreceiver import ConnInfoError, WalRcvConn, WalRcvError
 
 from xlog.control import DBState, read_control, write_control
 from xlog.lsn import parse_lsn
@@ -33,84 +36,62 @@ class BaseBackupError(RuntimeError):
     pass
 
 
-class MiniClient:
-    """Just enough of libpq for a replication connection."""
-
-    def __init__(self, conninfo: str):
-        try:
-            params = psycopg2.extensions.parse_dsn(conninfo)
-        except psycopg2.ProgrammingError as e:
-            raise BaseBackupError(f"invalid connection string: {str(e).strip()}") from None
-        host = params.get("host", "127.0.0.1")
-        port = int(params.get("port", 5432))
-        self.user = params.get("user", "postgres")
-        try:
-            self.sock = socket.create_connection((host, port), timeout=float(params.get("connect_timeout", 30)))
-        except OSError as e:
-            raise BaseBackupError(f'connection to server at "{host}", port {port} failed: {e.strerror}') from None
-        self.sock.settimeout(300)
-        self.buf = bytearray()
-        body = struct.pack("!I", 196608)
-        for k, v in (("user", self.user), ("replication", "true"),
-                     ("application_name", params.get("application_name", "walswitch_basebackup"))):
-            body += k.encode() + b"\0" + v.encode() + b"\0"
-        body += b"\0"
-        self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
-        while True:
-            t, b = self.read()
-            if t == b"E":
-                raise BaseBackupError(self.error_text(b))
-            if t == b"Z":
-                break
-
-    def recv(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise BaseBackupError("server closed the connection unexpectedly")
-            self.buf += chunk
-
-    def read(self) -> tuple[bytes, bytes]:
-        self.recv(5)
-        t = bytes(self.buf[:1])
-        (n,) = struct.unpack_from("!I", self.buf, 1)
-        self.recv(1 + n)
-        body = bytes(self.buf[5:1 + n])
-        del self.buf[:1 + n]
-        return t, body
-
-    @staticmethod
-    def error_text(body: bytes) -> str:
-        fields = {}
-        for part in body.split(b"\0"):
-            if part:
-                fields[part[:1]] = part[1:].decode("utf-8", "replace")
-        return f"{fields.get(b'S', 'ERROR')}:  {fields.get(b'M', '?')}"
-
-    def query(self, sql: str) -> None:
-        body = sql.encode() + b"\0"
-        self.sock.sendall(b"Q" + struct.pack("!I", len(body) + 4) + body)
-
-    def close(self) -> None:
-        try:
-            self.sock.sendall(b"X\0\0\0\4")
-        except OSError:
-            pass
-        self.sock.close()
+IO_TIMEOUT = 300.0   # seconds without progress before giving up, as the old client's socket timeout
 
 
-def _data_row(body: bytes) -> list[str | None]:
-    (n,) = struct.unpack_from("!H", body)
-    out, pos = [], 2
-    for _ in range(n):
-        (ln,) = struct.unpack_from("!i", body, pos)
-        pos += 4
-        if ln < 0:
-            out.append(None)
+def _fetch(conninfo: str) -> tuple[list[list[str | None]], io.BytesIO]:
+    """BASE_BACKUP on a libpq replication connection (the walreceiver's, so passwords, passfiles, SCRAM,
+    TLS and sslmode work as for pg_basebackup): the result sets (start and end points) and the CopyOut
+    tar stream.  Non-blocking waits in select, which lets other threads of this process run meanwhile."""
+    try:
+        conn = WalRcvConn.connect(conninfo, "walswitch_basebackup", deadline=time.monotonic() + IO_TIMEOUT,
+                                  interrupt_fds=[], check_interrupts=lambda: None)
+    except ConnInfoError as e:
+        raise BaseBackupError(f"invalid connection string: {e}") from None
+    except WalRcvError as e:
+        raise BaseBackupError(str(e)) from None
+    rows: list[list[str | None]] = []
+    tar_bytes = io.BytesIO()
+    error = ""
+    pgconn = conn.pgconn
+    try:
+        pgconn.send_query(b"BASE_BACKUP ( LABEL 'walswitch basebackup' )")
+        conn.flush_out()
+        while (res := conn.get_result(time.monotonic() + IO_TIMEOUT)) is not None:
+            if res.status == pq.ExecStatus.TUPLES_OK:
+                rows += [[None if (v := res.get_value(r, c)) is None else v.decode()
+                          for c in range(res.nfields)] for r in range(res.ntuples)]
+            elif res.status == pq.ExecStatus.COPY_OUT:
+                while (n := _copy_out(conn, tar_bytes)) >= 0:
+                    if n == 0:
+                        conn.wait(False, time.monotonic() + IO_TIMEOUT)
+            elif res.status == pq.ExecStatus.FATAL_ERROR:
+                error = error or res.error_message.decode("utf-8", "replace").rstrip("\n")
+    except psycopg.Error:
+        raise BaseBackupError(pgconn.error_message.decode("utf-8", "replace").rstrip("\n")) from None
+    except WalRcvError as e:
+        raise BaseBackupError(str(e)) from None
+    finally:
+        conn.close()
+    if error:
+        raise BaseBackupError(error)
+    return rows, tar_bytes
+
+
+def _copy_out(conn: WalRcvConn, out: io.BytesIO) -> int:
+    """Everything of the CopyOut stream that arrived: bytes written, 0 if nothing yet, -1 at its end."""
+    pgconn = conn.pgconn
+    total = 0
+    pgconn.consume_input()
+    while True:
+        n, data = pgconn.get_copy_data(1)
+        if n > 0:
+            out.write(data)
+            total += n
+        elif n == 0:
+            return total
         else:
-            out.append(body[pos:pos + ln].decode())
-            pos += ln
-    return out
+            return -1
 
 
 def basebackup(conninfo: str, datadir: str, write_recovery_conf: bool = False) -> dict:
@@ -118,23 +99,7 @@ def basebackup(conninfo: str, datadir: str, write_recovery_conf: bool = False) -
         raise BaseBackupError(f'directory "{datadir}" exists but is not empty')
     os.makedirs(datadir, mode=0o700, exist_ok=True)
     os.chmod(datadir, 0o700)
-    client = MiniClient(conninfo)
-    rows: list[list[str | None]] = []
-    tar_bytes = io.BytesIO()
-    try:
-        client.query("BASE_BACKUP ( LABEL 'walswitch basebackup' )")
-        while True:
-            t, b = client.read()
-            if t == b"E":
-                raise BaseBackupError(client.error_text(b))
-            if t == b"D":
-                rows.append(_data_row(b))
-            elif t == b"d":
-                tar_bytes.write(b)
-            elif t == b"Z":
-                break
-    finally:
-        client.close()
+    rows, tar_bytes = _fetch(conninfo)
     if len(rows) < 2:
         raise BaseBackupError("server did not send the backup's start and end points")
     start_lsn, end_lsn = parse_lsn(rows[0][0] or "0/0"), parse_lsn(rows[-1][0] or "0/0")
