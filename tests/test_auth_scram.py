@@ -273,3 +273,45 @@ def test_hostssl_clientcert(nodes, tmp_path):
     crt, key = clients["someone"]
     with pytest.raises(psycopg.OperationalError, match=r"clientcert=verify-full\) failed for user \"postgres\""):
         psycopg.connect(f"{base} sslcert={crt} sslkey={key}")
+
+
+@pytest.mark.timeout(180)
+def test_standby_over_tls_scram_passfile_then_promoted(nodes, tmp_path):
+    """A standby made and streaming over sslmode=verify-full as a REPLICATION role with SCRAM (-PLUS,
+    channel_binding=require) from a passfile; promoted, it authenticates the same roles."""
+    from tests.cluster import wait_for
+    p = nodes("p")
+    walswitch("init", "-D", p.datadir, "--wal-segsize", "1", "-p", str(p.port), "-U", "postgres", "--ssl")
+    with open(os.path.join(p.datadir, "pg_hba.conf"), "w") as f:
+        f.write("host all postgres 127.0.0.1/32 trust\n"
+                "hostssl replication repl 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
+    p.start()
+    p.sql("CREATE ROLE repl LOGIN REPLICATION PASSWORD 'r3pl'")
+    p.sql("CREATE ROLE app LOGIN PASSWORD 'app-pw'")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{p.port}:*:repl:r3pl\nlocalhost:{p.port}:*:repl:r3pl\n")
+    passfile.chmod(0o600)
+    conninfo = (f"host=localhost hostaddr=127.0.0.1 port={p.port} user=repl passfile={passfile} "
+                f"sslmode=verify-full sslrootcert={os.path.join(p.datadir, 'root.crt')} channel_binding=require")
+    s = nodes("s")
+    walswitch("basebackup", "-d", conninfo, "-D", s.datadir, "-R")
+    s.set_conf(port=s.port, primary_conninfo=conninfo, archive_mode="off", wal_retrieve_retry_interval="1s")
+    s.start(wait_ready=False)
+    wait_for(lambda: s.status().get("walreceiver_state") == "streaming", 60, "standby streaming")
+    p.sql("CREATE ROLE late LOGIN PASSWORD 'late-pw'")
+    app = (f"host=127.0.0.1 port={s.port} dbname=postgres sslmode=require channel_binding=require")
+
+    def login(user: str, pw: str) -> bool:
+        try:
+            psycopg.connect(f"{app} user={user} password={pw}").close()
+            return True
+        except psycopg.OperationalError:
+            return False
+    wait_for(lambda: login("late", "late-pw"), 60, "the standby to authenticate a role created after the backup")
+    assert login("app", "app-pw") and not login("app", "wrong")
+    p.stop()
+    s.sql("SELECT pg_promote()")
+    wait_for(lambda: s.sql("SELECT pg_is_in_recovery()") == [(False,)], 60, "promotion")
+    assert login("app", "app-pw") and login("late", "late-pw") and not login("late", "x")
+    for n in (p, s):
+        assert "r3pl" not in n.log_text() and "app-pw" not in n.log_text()
