@@ -54,7 +54,8 @@ from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
 from xlog.lsn import advance, format_lsn, is_segment_name, parse_segment_name, segment_name, segno_of
-from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record
+from libpq.hba import HbaError, HbaRules, load_hba
+from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record, kv_role_record
 from xlog.writer import WalWriter
 
 log = elog.logger()
@@ -80,6 +81,7 @@ class Backend(Engine):
         self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
         self.writer: WalWriter | None = None
         self.store: KVStore | None = None
+        self.hba: HbaRules | None = None     # pg_hba.conf; kept when a reload finds it bad
         self.next_full_xid = FIRST_NORMAL_XID
         self.ckpt_stats = ckpt.CheckpointStats()
         self.last_ckpt_request = 0
@@ -133,7 +135,10 @@ class Backend(Engine):
     def log_change(self, txn: Txn, op: str, key: str, value: str | None) -> None:
         if not txn.xid:
             txn.xid = self.assign_xid()
-        spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
+        if op == "role":
+            spec = kv_role_record(txn.xid, key, value)
+        else:
+            spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
         start, _end = self._insert(spec)
         if txn.first_lsn is None:
             txn.first_lsn = start
@@ -189,6 +194,13 @@ class Backend(Engine):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.shared.postmaster_pid:
                 os.kill(self.shared.postmaster_pid, signal.SIGUSR1)
+
+    def request_reload(self) -> None:
+        """pg_reload_conf(): SIGHUP to the postmaster, which forwards it to every child."""
+        pid = self.shared.postmaster_pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGHUP)
 
     def request_promote(self) -> None:
         with self.shared.recovery.locked() as r:
@@ -348,7 +360,7 @@ class Backend(Engine):
             return
         conn.flush_out()          # the 'N' to an SSLRequest, if any
         try:
-            socket.send_fds(self.handoff_sock, [handoff_payload(pkt)], [conn.sock.fileno()])
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, conn.role)], [conn.sock.fileno()])
         except OSError as e:
             log.warning("could not hand replication connection to the postmaster: %s", e)
             conn.fatal("08006", "could not start WAL sender")
@@ -361,13 +373,14 @@ class Backend(Engine):
             conn.fatal("57P03", "the database system is shutting down" if self.shutdown_mode
                        else "replication connections are not accepted here")
             return
+        conn.flush_out()          # authentication's last message goes before the walsender's bytes
         ours, theirs = socket.socketpair()
         try:
             peer = conn.sock.getpeername()
         except OSError:
             peer = ("?", 0)
         try:
-            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, peer[:2])], [theirs.fileno()])
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, conn.role, peer[:2])], [theirs.fileno()])
         except OSError as e:
             ours.close()
             log.warning("could not hand replication connection to the postmaster: %s", e)
@@ -444,6 +457,7 @@ class Backend(Engine):
 
     def reload_config(self) -> None:
         self.reload_pending = False
+        self.load_hba()          # independent of the settings file, as PostgreSQL's reload
         overrides = [(k, str(v)) for k, v in self.config.values.items()
                      if self.config.sources.get(k) == "command line"]
         try:
@@ -466,9 +480,18 @@ class Backend(Engine):
         with open(os.path.join(self.datadir, self.config["ssl_cert_file"]), "rb") as f:
             self.tls = (ctx, tls_mod.tls_server_end_point(f.read()))
 
+    def load_hba(self) -> None:
+        """(Re)read pg_hba.conf; a bad file keeps the rules in force (PostgreSQL's load_hba)."""
+        try:
+            self.hba = load_hba(os.path.join(self.datadir, "pg_hba.conf"))
+        except HbaError as e:
+            log.error("%s", e)
+            log.error("pg_hba.conf was not reloaded" if self.hba is not None else "could not load pg_hba.conf")
+
     # ------------------------------------------------------------ start
     def start(self) -> None:
         self.install_signals()
+        self.load_hba()
         self.load_tls()          # the postmaster checked the files already; a failure here is a FATAL
         x = self.shared.xlog.read()
         self._segsize = int(x["wal_segsize"])

@@ -31,10 +31,11 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend import roles
 from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN,
                            SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast,
                            Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
-                           Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
+                           RoleStmt, Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
 from backend.parse import parse
 from libpq import protocol as P
 from libpq.protocol import SQLError
@@ -271,6 +272,7 @@ sqlfunc("pg_current_wal_flush_lsn", 0, PG_LSN)(_wal_pos("flush"))
 
 @sqlfunc("pg_switch_wal", 0, PG_LSN)
 def _f_switch(ctx: "Session", args: list[Value]) -> Value:
+    roles.require_superuser(ctx, "permission denied for function pg_switch_wal")
     if ctx.engine.in_recovery():
         raise _recovery_error()
     return (ctx.engine.switch_wal(), PG_LSN)
@@ -301,6 +303,7 @@ def _f_replay_ts(ctx: "Session", args: list[Value]) -> Value:
 
 @sqlfunc("pg_promote", (0, 2), BOOL, blocking=True)
 def _f_promote(ctx: "Session", args: list[Value]) -> Generator[Wait, None, Value]:
+    roles.require_superuser(ctx, "permission denied for function pg_promote")
     wait = as_bool(args[0]) if args else True
     wait_seconds = as_int(args[1]) if len(args) > 1 else 60
     if wait_seconds is None or wait_seconds <= 0:
@@ -349,6 +352,13 @@ def _f_lsn_diff(ctx: "Session", args: list[Value]) -> Value:
     return (None if a is None or b is None else str(a - b), NUMERIC)
 
 
+@sqlfunc("pg_reload_conf", 0, BOOL)
+def _f_reload_conf(ctx: "Session", args: list[Value]) -> Value:
+    roles.require_superuser(ctx, "permission denied for function pg_reload_conf")
+    ctx.engine.request_reload()
+    return (True, BOOL)
+
+
 @sqlfunc("pg_backend_pid", 0, INT4)
 def _f_pid(ctx: "Session", args: list[Value]) -> Value:
     return (ctx.pid, INT4)
@@ -368,7 +378,7 @@ def _f_current_setting(ctx: "Session", args: list[Value]) -> Value:
 
 @sqlfunc("current_user", 0, NAME)
 def _f_current_user(ctx: "Session", args: list[Value]) -> Value:
-    return (ctx.params.get("user", "postgres"), NAME)
+    return (ctx.role.name if ctx.role is not None else ctx.params.get("user", "postgres"), NAME)
 
 
 @sqlfunc("current_database", 0, NAME)
@@ -435,7 +445,9 @@ REL_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("sender_host", TEXT), ("sender_port", INT4), ("conninfo", TEXT)],
 }
 REL_ALIASES = {"public.kv": "kv", "pg_catalog.pg_stat_replication": "pg_stat_replication",
-               "pg_catalog.pg_stat_wal_receiver": "pg_stat_wal_receiver"}
+               "pg_catalog.pg_stat_wal_receiver": "pg_stat_wal_receiver",
+               "pg_catalog.pg_roles": "pg_roles", "pg_catalog.pg_authid": "pg_authid"}
+REL_COLUMNS.update(roles.VIEW_COLUMNS)
 
 # WalSndState as PostgreSQL orders it (walsender_private.h)
 WALSND_STATES = ("startup", "backup", "catchup", "streaming", "stopping")
@@ -537,6 +549,9 @@ class Engine:
     def request_promote(self) -> None:
         raise NotImplementedError
 
+    def request_reload(self) -> None:
+        raise NotImplementedError
+
     def timeline(self) -> int:
         return 1
 
@@ -577,6 +592,7 @@ class Session:
         self.failed = False          # the block had an error
         self.txn: Txn | None = None
         self.gucs: dict[str, str] = {}
+        self.role: Any = None            # storage.roles.RoleInfo, set after authentication
         if self.params.get("application_name"):
             self.gucs["application_name"] = self.params["application_name"]
         self._implicit = False
@@ -715,7 +731,10 @@ class Session:
             self.exec_show(st)
         elif isinstance(st, SetStmt):
             self.exec_set(st)
+        elif isinstance(st, RoleStmt):
+            self.complete(roles.run_role_sql(self, st.text))
         elif isinstance(st, Checkpoint):
+            roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()
             self.complete("CHECKPOINT")
         else:  # pragma: no cover - the parser makes only the above
@@ -762,8 +781,9 @@ class Session:
             "transaction_read_only": "on" if (eng.in_recovery() or (self.txn and self.txn.read_only)) else "off",
             "default_transaction_read_only": "off",
             "client_encoding": "UTF8", "datestyle": "ISO, MDY", "timezone": "UTC", "intervalstyle": "postgres",
-            "standard_conforming_strings": "on", "is_superuser": "on", "session_authorization":
-                self.params.get("user", "postgres"),
+            "standard_conforming_strings": "on",
+            "is_superuser": "on" if self.role is None or self.role.superuser else "off",
+            "session_authorization": self.role.name if self.role is not None else self.params.get("user", "postgres"),
             "server_version": "15.0", "server_version_num": "150000", "wal_level": "replica",
             "in_hot_standby": "on" if eng.in_recovery() else "off", "search_path": '"$user", public',
             "application_name": self.params.get("application_name", ""),
@@ -1059,6 +1079,7 @@ class Session:
             src_rows = [{"key": (k, TEXT), "value": (v, TEXT)} for k, v in pairs]
         else:
             raw = stat_replication_rows(self.engine.shared) if rel == "pg_stat_replication" \
+                else roles.view_rows(self, rel) if rel in roles.VIEW_COLUMNS \
                 else stat_wal_receiver_rows(self.engine.shared)
             names = [c for c, _ in REL_COLUMNS[rel]]
             src_rows = [dict(zip(names, r)) for r in raw]

@@ -170,6 +170,8 @@ def send(ws: BackupSender, options: dict[str, str | None]) -> None:
                     except FileNotFoundError:
                         pass
                 _add_bytes(tar, f"global/{CONTROL_FILE_NAME}", control_bytes)
+                if os.path.exists(os.path.join(ws.ctx.datadir, "pg_hba.conf")):
+                    _add_bytes(tar, "pg_hba.conf", _read(os.path.join(ws.ctx.datadir, "pg_hba.conf")))
                 with open(snap, "rb") as f:
                     _add_file(tar, "base/kv.sqlite", f, os.fstat(f.fileno()).st_size)
                 for name in histories:
