@@ -42,9 +42,12 @@ from typing import Any
 from backend import checkpoint as ckpt
 from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
-from backend.sql import CommitWait, Engine, Panic, SQLError, Txn
+from backend.sql import Engine, SQLError, Txn
+from backend.tlsrelay import Relay
+from backend.waits import CommitWait, Panic
 from libpq import protocol as P
 from libpq import tls as tls_mod
+from libpq.hba import HbaError, HbaRules, load_hba
 from libpq.tls import TLSConfigError
 from storage.kvstore import KVStore, kv_path
 from utils import config as cfgmod
@@ -53,7 +56,7 @@ from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
 from xlog.lsn import advance, format_lsn, is_segment_name, parse_segment_name, segment_name, segno_of
-from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record
+from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record, kv_role_record
 from xlog.writer import WalWriter
 
 log = elog.logger()
@@ -79,6 +82,7 @@ class Backend(Engine):
         self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
         self.writer: WalWriter | None = None
         self.store: KVStore | None = None
+        self.hba: HbaRules | None = None     # pg_hba.conf; kept when a reload finds it bad
         self.next_full_xid = FIRST_NORMAL_XID
         self.ckpt_stats = ckpt.CheckpointStats()
         self.last_ckpt_request = 0
@@ -132,7 +136,10 @@ class Backend(Engine):
     def log_change(self, txn: Txn, op: str, key: str, value: str | None) -> None:
         if not txn.xid:
             txn.xid = self.assign_xid()
-        spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
+        if op == "role":
+            spec = kv_role_record(txn.xid, key, value)
+        else:
+            spec = kv_put_record(txn.xid, key, value) if op == "put" else kv_delete_record(txn.xid, key)
         start, _end = self._insert(spec)
         if txn.first_lsn is None:
             txn.first_lsn = start
@@ -188,6 +195,13 @@ class Backend(Engine):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if self.shared.postmaster_pid:
                 os.kill(self.shared.postmaster_pid, signal.SIGUSR1)
+
+    def request_reload(self) -> None:
+        """pg_reload_conf(): SIGHUP to the postmaster, which forwards it to every child."""
+        pid = self.shared.postmaster_pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGHUP)
 
     def request_promote(self) -> None:
         with self.shared.recovery.locked() as r:
@@ -335,6 +349,9 @@ class Backend(Engine):
             del self.conns[conn.fd]
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.sel.unregister(conn.sock)
+            if conn.relay is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.sel.unregister(conn.relay.sock)
 
     def hand_off(self, conn: Connection, pkt: P.StartupPacket) -> None:
         """A replication connection: pass the socket to the postmaster, which forks a walsender."""
@@ -344,33 +361,71 @@ class Backend(Engine):
             return
         conn.flush_out()          # the 'N' to an SSLRequest, if any
         try:
-            socket.send_fds(self.handoff_sock, [handoff_payload(pkt)], [conn.sock.fileno()])
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, conn.role)], [conn.sock.fileno()])
         except OSError as e:
             log.warning("could not hand replication connection to the postmaster: %s", e)
             conn.fatal("08006", "could not start WAL sender")
             return
         conn.detach()
 
+    def hand_off_relayed(self, conn: Connection, pkt: P.StartupPacket, early: bytes) -> None:
+        """A replication connection over TLS: the walsender gets a socketpair, this loop relays."""
+        if self.handoff_sock is None or self.shutdown_mode is not None:
+            conn.fatal("57P03", "the database system is shutting down" if self.shutdown_mode
+                       else "replication connections are not accepted here")
+            return
+        conn.flush_out()          # authentication's last message goes before the walsender's bytes
+        ours, theirs = socket.socketpair()
+        try:
+            peer = conn.sock.getpeername()
+        except OSError:
+            peer = ("?", 0)
+        try:
+            socket.send_fds(self.handoff_sock, [handoff_payload(pkt, conn.role, peer[:2])], [theirs.fileno()])
+        except OSError as e:
+            ours.close()
+            log.warning("could not hand replication connection to the postmaster: %s", e)
+            conn.fatal("08006", "could not start WAL sender")
+            return
+        finally:
+            theirs.close()
+        conn.state = ConnState.RELAY
+        conn.relay = Relay(conn, ours, early)
+        conn.relay.flush()
+
     def update_registrations(self) -> None:
         for conn in list(self.conns.values()):
             if conn.closed:
                 continue
-            mask = 0
-            if conn.wants_read():
-                mask |= selectors.EVENT_READ
-            if conn.out or conn.raw_out:
-                mask |= selectors.EVENT_WRITE
-            if mask != conn.registered_mask:
-                try:
-                    if mask == 0:
-                        self.sel.unregister(conn.sock)
-                    elif conn.registered_mask == 0:
-                        self.sel.register(conn.sock, mask, conn)
-                    else:
-                        self.sel.modify(conn.sock, mask, conn)
-                    conn.registered_mask = mask
-                except (KeyError, ValueError, OSError):
+            mask = (selectors.EVENT_READ if conn.wants_read() else 0) | \
+                (selectors.EVENT_WRITE if conn.out or conn.raw_out else 0)
+            if not self.register(conn.sock, conn, conn.registered_mask, mask):
+                conn.close()
+                continue
+            conn.registered_mask = mask
+            relay = conn.relay
+            if relay is not None and not relay.closed:
+                rmask = (selectors.EVENT_READ if relay.wants_read() else 0) | \
+                    (selectors.EVENT_WRITE if relay.to_walsender else 0)
+                if not self.register(relay.sock, relay, relay.registered_mask, rmask):
                     conn.close()
+                    continue
+                relay.registered_mask = rmask
+
+    def register(self, sock: socket.socket, data: object, old: int, new: int) -> bool:
+        """Bring one socket's selector registration from mask ``old`` to ``new``; False if it is gone."""
+        if new == old:
+            return True
+        try:
+            if new == 0:
+                self.sel.unregister(sock)
+            elif old == 0:
+                self.sel.register(sock, new, data)
+            else:
+                self.sel.modify(sock, new, data)
+        except (KeyError, ValueError, OSError):
+            return False
+        return True
 
     def flush_outputs(self) -> None:
         for conn in list(self.conns.values()):
@@ -403,6 +458,7 @@ class Backend(Engine):
 
     def reload_config(self) -> None:
         self.reload_pending = False
+        self.load_hba()          # independent of the settings file, as PostgreSQL's reload
         overrides = [(k, str(v)) for k, v in self.config.values.items()
                      if self.config.sources.get(k) == "command line"]
         try:
@@ -425,9 +481,18 @@ class Backend(Engine):
         with open(os.path.join(self.datadir, self.config["ssl_cert_file"]), "rb") as f:
             self.tls = (ctx, tls_mod.tls_server_end_point(f.read()))
 
+    def load_hba(self) -> None:
+        """(Re)read pg_hba.conf; a bad file keeps the rules in force (PostgreSQL's load_hba)."""
+        try:
+            self.hba = load_hba(os.path.join(self.datadir, "pg_hba.conf"))
+        except HbaError as e:
+            log.error("%s", e)
+            log.error("pg_hba.conf was not reloaded" if self.hba is not None else "could not load pg_hba.conf")
+
     # ------------------------------------------------------------ start
     def start(self) -> None:
         self.install_signals()
+        self.load_hba()
         self.load_tls()          # the postmaster checked the files already; a failure here is a FATAL
         x = self.shared.xlog.read()
         self._segsize = int(x["wal_segsize"])
@@ -488,6 +553,11 @@ class Backend(Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
+                elif isinstance(data, Relay):
+                    if mask & selectors.EVENT_READ and not data.closed:
+                        data.on_readable()
+                    if mask & selectors.EVENT_WRITE and not data.closed:
+                        data.flush()
                 else:
                     conn: Connection = data
                     if mask & selectors.EVENT_READ and not conn.closed:

@@ -22,10 +22,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT,
-                           TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Cast, Expr, Param, SelItem, Stmt, Value)
+from backend.nodes import (
+    BOOL, CAST_TYPES, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN,
+    XID, Cast, Expr, Param, SelItem, Stmt, Value
+)
 from backend.parse import parse
-from backend.sql import Session, Wait, walk, cast, to_text
+from backend.sql import Session, walk
+from backend.values import cast, to_text
+from backend.waits import Wait
 from libpq import protocol as P
 from libpq.protocol import BodyReader, ProtocolError, SQLError
 from xlog.lsn import parse_lsn

@@ -155,6 +155,13 @@ class Checkpoint(Stmt):
 
 
 @dataclass
+class RoleStmt(Stmt):
+    """CREATE/ALTER/DROP ROLE|USER: its source text, run by backend/roles.py (which parses it into
+    pglast's CreateRoleStmt/AlterRoleStmt/DropRoleStmt)."""
+    text: str
+
+
+@dataclass
 class Param(Expr):
     """``$n`` of the extended query protocol; its value comes from Bind."""
     number: int                  # 1-based

@@ -29,7 +29,7 @@ from typing import Any
 from pglast import parser as pg_parser
 
 from backend.nodes import (BOOL, INT4, INT8, NUMERIC, TEXT, UNKNOWN, Begin, BinOp, Cast, Checkpoint, ColRef,
-                           Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param, Rollback, Select,
+                           Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param, RoleStmt, Rollback, Select,
                            SelItem, SetStmt, Show, Stmt, UnOp, Update)
 from libpq.protocol import SQLError
 
@@ -262,6 +262,11 @@ class _Translator:
             return self.set_arg(body["arg"])
         raise self.unsupported("this SET value")
 
+    def role(self, b: Node) -> Stmt:
+        start = self.raw.get("stmt_location", 0)
+        length = self.raw.get("stmt_len") or len(self.source()) - start
+        return RoleStmt(self.source()[start:start + length].decode("utf-8"))
+
     def checkpoint(self, b: Node) -> Checkpoint:
         return Checkpoint()
 
@@ -417,6 +422,7 @@ _STATEMENTS: dict[str, Callable[[_Translator, Node], Stmt]] = {
     "UpdateStmt": _Translator.update, "TransactionStmt": _Translator.transaction,
     "VariableShowStmt": _Translator.show, "VariableSetStmt": _Translator.set,
     "CheckPointStmt": _Translator.checkpoint,
+    "CreateRoleStmt": _Translator.role, "AlterRoleStmt": _Translator.role, "DropRoleStmt": _Translator.role,
 }
 _EXPRESSIONS: dict[str, Callable[[_Translator, Node], Expr]] = {
     "A_Const": _Translator.a_const, "ColumnRef": _Translator.column_ref, "FuncCall": _Translator.func_call,

@@ -31,13 +31,17 @@ import time
 from enum import Enum
 from typing import Any, Protocol
 
+from backend.clientauth import AuthOutcome, ClientAuth
 from backend.extended import Extended
 from backend.nodes import Stmt
 from backend.parse import parse
-from backend.sql import CommitWait, Panic, Session, Until, Wait
+from backend.sql import Session
+from backend.tlsrelay import Relay
+from backend.waits import CommitWait, Panic, Until, Wait
 from libpq import protocol as P
-from libpq.tls import TLSChannel
 from libpq.protocol import ProtocolError, SQLError
+from libpq.tls import TLSChannel
+from storage.roles import RoleInfo
 from utils import config as cfgmod
 from utils import elog
 
@@ -57,6 +61,7 @@ log = elog.logger()
 MAX_PENDING_OUTPUT = 4 << 20
 AUTHENTICATION_TIMEOUT = 60.0          # PostgreSQL's authentication_timeout default
 RECV_SIZE = 256 * 1024
+MAX_AUTH_MESSAGE = 65535 + 5           # an authentication message, with its type and length
 EXTENDED_MESSAGES = {b"P", b"B", b"D", b"E", b"C", b"S", b"H"}
 # A Query longer than this is decoded and parsed in a thread, so that the loop goes on serving
 # the other sessions meanwhile (bench/isolation.py: a 16 MiB statement and others' commits).
@@ -67,6 +72,7 @@ class ConnState(Enum):
     STARTUP = 1
     READY = 2
     CLOSED = 3
+    RELAY = 4          # a replication connection over TLS: bytes relayed to a walsender (tlsrelay.py)
 
 
 class Connection:
@@ -91,12 +97,15 @@ class Connection:
         self.tls: TLSChannel | None = None      # after an SSLRequest answered 'S' (libpq/tls.py)
         self.raw_out = bytearray()              # bytes for the socket once TLS is on (self.out is plaintext)
         self.channel_binding_data: bytes | None = None   # tls-server-end-point, for SCRAM-SHA-256-PLUS
+        self.relay: Relay | None = None         # a TLS replication connection's walsender side
         # Cancel and statement_timeout: the monotonic deadline of the running statement, and the
         # error to throw into it at its next wait (a single-process backend cannot interrupt code
         # that is running, only a statement that waits).
         self.statement_deadline: float | None = None
         self.interrupt: SQLError | None = None
         self.registered_mask = 0
+        self.auth: ClientAuth | None = None   # between StartupMessage and AuthenticationOk
+        self.role: RoleInfo | None = None     # the authenticated role
 
     # ------------------------------------------------------------ helpers
     @property
@@ -108,6 +117,8 @@ class Connection:
         return self.gen is not None
 
     def wants_read(self) -> bool:
+        if self.relay is not None:
+            return self.relay.client_wants_read()
         return (not self.closed and not self.close_after_flush and self.gen is None
                 and len(self.out) < MAX_PENDING_OUTPUT)
 
@@ -137,9 +148,16 @@ class Connection:
                 self.close()
                 return
             self.raw_out += self.tls.take_output()     # handshake records
+            if self.relay is not None:
+                self.relay.from_client(data)
+                return
             if not data:
                 return
         try:
+            if self.state == ConnState.STARTUP and self.auth is not None:
+                self.reader.feed(data)
+                self.process_auth()
+                return
             if self.state == ConnState.STARTUP:
                 self.startup.ssl_available = self.backend.tls is not None and not self.startup.ssl_done
                 self.startup.feed(data)
@@ -154,6 +172,10 @@ class Connection:
                     self.on_startup(self.startup.packet)
                     if self.state == ConnState.READY and leftover:
                         self.reader.feed(leftover)
+                    elif self.auth is not None and leftover:
+                        self.startup.buf.clear()          # now the reader's
+                        self.reader.feed(leftover)
+                        self.process_auth()
             else:
                 self.reader.feed(data)
             self.process_messages()
@@ -199,37 +221,75 @@ class Connection:
             b.cancel_request(*pkt.cancel)
             self.close()
             return
-        if pkt.replication is not None:
-            if self.tls is not None:
-                # A TLS session cannot follow the socket into the walsender process (see README, TLS).
-                self.fatal("0A000", "replication connections over SSL are not supported; use sslmode=disable "
-                                    "or prefer for replication")
-                return
-            b.hand_off(self, pkt)
-            return
         if b.shutdown_mode is not None:
             self.fatal("57P03", "the database system is shutting down")
             return
+        if pkt.replication is None and b.session_count() >= b.config["max_connections"]:
+            self.fatal("53300", "sorry, too many clients already")
+            return
+        store = getattr(b, "store", None)
+        self.auth = ClientAuth(pkt, self.addr[0] if isinstance(self.addr, tuple) else None, self.ssl_in_use,
+                               self.channel_binding_data, getattr(b, "hba", None),
+                               store.conn if store is not None else None,
+                               b.config["password_encryption"], self.peer_cert_cn)
+        self.auth_step(self.auth.begin())
+
+    def process_auth(self) -> None:
+        if len(self.reader.buf) > MAX_AUTH_MESSAGE:
+            # PostgreSQL reads authentication messages with a 64 kB limit (PG_MAX_AUTH_TOKEN_LENGTH).
+            self.auth = None
+            self.fatal("08P01", "invalid message length")
+            return
+        while self.auth is not None and not self.close_after_flush:
+            m = self.reader.next()
+            if m is None:
+                return
+            self.auth_step(self.auth.feed(*m))
+
+    def auth_step(self, outcome: AuthOutcome | None) -> None:
+        """Send what authentication produced; on its outcome refuse or finish the startup."""
+        a = self.auth
+        assert a is not None
+        self.out += a.out
+        a.out.clear()
+        if outcome is None:
+            return
+        pkt = a.pkt
+        self.auth = None
+        if not outcome.ok:
+            self.fatal(outcome.sqlstate, outcome.message)
+            return
+        self.role = outcome.role
+        if pkt.replication is not None:
+            if self.tls is not None:
+                # A TLS session cannot follow the socket into the walsender process: relay it.
+                early = bytes(self.startup.buf) + bytes(self.reader.buf)
+                self.startup.buf.clear()
+                self.reader.buf.clear()
+                self.backend.hand_off_relayed(self, pkt, early)
+            else:
+                self.backend.hand_off(self, pkt)
+            return
+        self.finish_startup(pkt)
+
+    def finish_startup(self, pkt: P.StartupPacket) -> None:
+        b = self.backend
+        role = self.role
+        assert role is not None
+        # superuser_reserved_connections needs the role: checked after authentication, as InitPostgres.
         refusal = slot_refusal(b.session_count(), b.config["max_connections"],
-                               b.config.get("superuser_reserved_connections", 0), self.is_superuser())
+                               b.config.get("superuser_reserved_connections", 0), role.superuser)
         if refusal is not None:
             self.fatal("53300", refusal)
             return
         self.session = Session(b, os.getpid(), pkt.params)
+        self.session.role = role
         self.extended = Extended(self.session)
         self.state = ConnState.READY
         params = P.default_server_params(pkt.params.get("application_name", ""), in_hot_standby=b.in_recovery())
+        params["is_superuser"] = "on" if role.superuser else "off"
+        params["session_authorization"] = role.name
         self.out += P.startup_greeting(params, os.getpid(), self.cancel_key)
-
-    def is_superuser(self) -> bool:
-        """The connecting role's SUPERUSER attribute; superuser when authentication set no role."""
-        if self.session is not None and hasattr(self.session, "is_superuser"):
-            return bool(getattr(self.session, "is_superuser"))
-        role = getattr(self, "role", None)
-        for attr in ("superuser", "rolsuper", "is_superuser"):
-            if role is not None and hasattr(role, attr):
-                return bool(getattr(role, attr))
-        return True
 
     def process_messages(self) -> None:
         while self.state == ConnState.READY and self.gen is None and not self.close_after_flush \
@@ -276,7 +336,7 @@ class Connection:
             self.out += s.out + P.ready_for_query(s.status)
             s.out.clear()
         elif mtype in (b"d", b"c", b"f", b"p"):
-            pass   # stray COPY data; password (we trust everyone)
+            pass   # stray COPY data; a password message after authentication
         else:
             self.fatal("08P01", f"invalid frontend message type {mtype[0]}")
 
@@ -327,21 +387,18 @@ class Connection:
         yield from self.session.run(job.text, job.stmts)
 
     def request_interrupt(self, sqlstate: str, message: str) -> None:
-        """Cancel (57014) the running statement: at once if it sleeps, else at its next wait.
-
-        A statement waiting for its commit to be flushed is left alone: the commit record is
-        already in WAL, as PostgreSQL's commit cannot be cancelled either.
+        """Cancel (57014) the running statement if it waits (pg_sleep, pg_promote, a large
+        statement being parsed).  A statement waiting for its commit to be flushed is left
+        alone: the commit record is already in WAL, as PostgreSQL's commit cannot be cancelled.
         """
-        if self.gen is None or self.closed:
+        if self.gen is None or self.closed or not isinstance(self.wait, Until):
             return
         self.interrupt = SQLError(sqlstate, message)
-        if isinstance(self.wait, Until):
-            with_sleepers = self.backend.sleepers
-            if self in with_sleepers:
-                with_sleepers.remove(self)
-            self.resume()
-            if self.gen is None:
-                self.process_messages()
+        if self in self.backend.sleepers:
+            self.backend.sleepers.remove(self)
+        self.resume()
+        if self.gen is None:
+            self.process_messages()
 
     def resume(self) -> None:
         """Advance the running query until it waits or ends."""
@@ -453,6 +510,8 @@ class Connection:
             except Exception as e:  # noqa: BLE001 - WAL trouble surfaces at the next flush
                 log.warning("could not abort transaction at disconnect: %s", e)
         self.backend.forget(self)
+        if self.relay is not None:
+            self.relay.close()
         try:
             self.sock.close()
         except OSError:
@@ -514,5 +573,23 @@ def statement_timeout_ms(session: Session | None, config: Any) -> int:
     return int(config.get("statement_timeout", 0) or 0)
 
 
-def handoff_payload(pkt: P.StartupPacket) -> bytes:
-    return json.dumps(pkt.params).encode() + b"\n"
+ROLE_KEYS = ("walswitch.role", "walswitch.role_superuser", "walswitch.role_replication")
+
+
+def handoff_payload(pkt: P.StartupPacket, role: RoleInfo | None = None,
+                    peer: tuple[str, int] | None = None) -> bytes:
+    """The startup parameters and the authenticated role for the walsender (first line, JSON); for a
+    relayed (TLS) connection also the client's address on a second line, since the walsender's socket
+    is then one end of a socketpair.
+
+    The role keys are always set here, never taken from the client: a client-sent
+    ``walswitch.role*`` option is dropped so that it cannot claim a role.
+    """
+    params = {k: v for k, v in pkt.params.items() if not k.startswith("walswitch.role")}
+    if role is not None:
+        params.update(dict(zip(ROLE_KEYS, (role.name, "on" if role.superuser else "off",
+                                           "on" if role.replication else "off"))))
+    out = json.dumps(params).encode() + b"\n"
+    if peer is not None:
+        out += json.dumps({"peer": [str(peer[0]), int(peer[1])], "ssl": True}).encode() + b"\n"
+    return out

@@ -3,8 +3,10 @@
 What it owns: the execution of the statements walswitch accepts (DESIGN.md §6),
 their PostgreSQL command tags and error codes, the per-session transaction
 state machine (idle / in block / failed, plus PostgreSQL's implicit block for
-a multi-statement Query), and the system views ``pg_stat_replication`` and
-``pg_stat_wal_receiver``.
+a multi-statement Query).  Beside it: backend/parse.py (SQL text -> statements),
+backend/extended.py (the extended query protocol), backend/functions.py (SQL
+functions and the system views), backend/values.py (values and casts),
+backend/waits.py (what a statement yields to the backend loop).
 
 What it does not own: WAL and durability.  The executor talks to an
 ``Engine`` (the backend process, or a stand-in in unit tests): it asks the
@@ -13,492 +15,34 @@ engine to log each change (a KV record), to log a commit (returns a
 commit is flushed and applied: group commit), or an abort.
 
 A Query message runs as a generator (``Session.run``): it writes protocol
-messages into ``Session.out`` and yields a ``Wait`` whenever it must not go
+messages into ``Session.out`` (results through ``result_columns``/``result_row``/
+``complete``, which a portal captures) and yields a ``Wait`` whenever it must not go
 on before something happens elsewhere (a commit's fsync, a promotion).  The
 whole query string is parsed before anything runs, as PostgreSQL does: a
 syntax error anywhere means no statement of the string executes.
 """
 from __future__ import annotations
 
-import datetime
-import hashlib
 import os
-import platform
-import random
-import re
-import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.nodes import (BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN,
-                           SERVER_VERSION, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast,
-                           Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
-                           Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value)
+from backend import roles
+from backend.functions import (
+    FUNCS, REL_COLUMNS, FuncDef, resolve_relation, stat_replication_rows, stat_wal_receiver_rows
+)
+from backend.nodes import (
+    BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, SERVER_VERSION, TEXT, TIMESTAMPTZ,
+    TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast, Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert,
+    IsNull, Param, RoleStmt, Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value
+)
 from backend.parse import parse
+from backend.values import as_bool, as_int, as_lsn, as_text, cast, to_text, type_name
+from backend.waits import CommitWait, Panic, Until, Wait  # noqa: F401 - Panic and Until re-exported for callers
 from libpq import protocol as P
 from libpq.protocol import SQLError
 from utils.config import READ_ONLY, SETTINGS
-from xlog.lsn import format_lsn, parse_lsn, segment_name, segno_of
-
-
-
-# ---------------------------------------------------------------------------
-# waits the session generator yields to the backend
-
-class Panic(Exception):
-    """WAL or store failure: the backend must exit so that crash recovery repairs it."""
-
-
-class Wait:
-    """Something a session waits for; the backend resumes the generator after it."""
-
-
-@dataclass
-class CommitWait(Wait):
-    """A logged commit: resume once its WAL is flushed and its changes applied."""
-    txn: "Txn"
-    end_lsn: int
-
-
-@dataclass
-class Until(Wait):
-    """Resume once ``pred()`` is true or the monotonic ``deadline`` passed."""
-    pred: Callable[[], bool]
-    deadline: float
-
-
-# ---------------------------------------------------------------------------
-# values and formatting
-
-def format_timestamptz(unix_us: int) -> str:
-    """PostgreSQL's timestamptz text in TimeZone UTC: trailing zeros of the fraction dropped."""
-    secs, us = divmod(int(unix_us), 1_000_000)
-    dt = datetime.datetime.fromtimestamp(secs, datetime.timezone.utc)
-    s = dt.strftime("%Y-%m-%d %H:%M:%S")
-    if us:
-        s += ("." + f"{us:06d}").rstrip("0")
-    return s + "+00"
-
-
-def format_interval(us: int) -> str:
-    """An interval of microseconds as PostgreSQL prints it (IntervalStyle postgres)."""
-    neg = us < 0
-    us = abs(int(us))
-    secs, frac = divmod(us, 1_000_000)
-    h, rem = divmod(secs, 3600)
-    m, s = divmod(rem, 60)
-    out = f"{h:02d}:{m:02d}:{s:02d}"
-    if frac:
-        out += ("." + f"{frac:06d}").rstrip("0")
-    return ("-" if neg else "") + out
-
-
-def to_text(v: Value) -> str | None:
-    """Output form of a value (text protocol)."""
-    val, oid = v
-    if val is None:
-        return None
-    if oid == BOOL:
-        return "t" if val else "f"
-    if oid == PG_LSN:
-        return format_lsn(val)
-    if oid == TIMESTAMPTZ:
-        return format_timestamptz(val)
-    if oid == INTERVAL:
-        return format_interval(val)
-    if oid == FLOAT8:
-        f = float(val)
-        if f != f or f in (float("inf"), float("-inf")):
-            return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(f)]
-        return str(int(f)) if f == int(f) and abs(f) < 1e15 else repr(f)
-    return str(val)
-
-
-def as_text(v: Value) -> str | None:
-    """A value cast to text (bool casts to 'true'/'false', as ::text does)."""
-    val, oid = v
-    if val is None:
-        return None
-    if oid == BOOL:
-        return "true" if val else "false"
-    return to_text(v)
-
-
-def _bad_input(typ: str, s: Any) -> SQLError:
-    return SQLError("22P02", f'invalid input syntax for type {typ}: "{s}"')
-
-
-def as_int(v: Value, typ: str = "integer") -> int | None:
-    val, oid = v
-    if val is None:
-        return None
-    if oid in (INT4, INT8, OID, XID) or (isinstance(val, int) and not isinstance(val, bool)):
-        return int(val)
-    if oid in (NUMERIC, FLOAT8):
-        return int(round(float(val)))
-    s = str(val).strip()
-    if not re.fullmatch(r"[-+]?\d+", s):
-        raise _bad_input(typ, val)
-    return int(s)
-
-
-def as_bool(v: Value) -> bool | None:
-    val, oid = v
-    if val is None:
-        return None
-    if oid == BOOL:
-        return bool(val)
-    s = str(val).strip().lower()
-    if s in ("t", "true", "yes", "y", "on", "1"):
-        return True
-    if s in ("f", "false", "no", "n", "off", "0"):
-        return False
-    raise _bad_input("boolean", val)
-
-
-def as_lsn(v: Value) -> int | None:
-    val, oid = v
-    if val is None:
-        return None
-    if oid == PG_LSN:
-        return int(val)
-    try:
-        return parse_lsn(str(val))
-    except ValueError:
-        raise _bad_input("pg_lsn", val) from None
-
-
-def cast(v: Value, typename: str) -> Value:
-    oid = CAST_TYPES.get(typename)
-    if oid is None:
-        raise SQLError("42704", f'type "{typename}" does not exist')
-    val, src = v
-    if val is None:
-        return (None, oid)
-    if oid in (TEXT, NAME):
-        return (as_text(v), oid)
-    if oid in (INT4, INT8, OID, XID):
-        return (as_int(v, TYPE_NAMES[oid]), oid)
-    if oid == BOOL:
-        return (as_bool(v), oid)
-    if oid == PG_LSN:
-        return (as_lsn(v), oid)
-    if oid == NUMERIC:
-        s = to_text(v) if src != UNKNOWN else str(val).strip()
-        if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", s or ""):
-            raise _bad_input("numeric", val)
-        return (s, NUMERIC)
-    if oid == FLOAT8:
-        try:
-            return (float(val), FLOAT8)
-        except (TypeError, ValueError):
-            raise _bad_input("double precision", val) from None
-    if oid == INTERVAL:
-        if src == INTERVAL:
-            return v
-        m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|min|minutes?)?\s*",
-                         str(val))
-        if not m:
-            raise _bad_input("interval", val)
-        mult = {"ms": 1000, "s": 1_000_000, "min": 60_000_000}
-        unit = (m.group(2) or "s")
-        unit = "ms" if unit.startswith("m") and unit not in ("min", "minute", "minutes") else (
-            "min" if unit.startswith("min") else "s")
-        return (int(float(m.group(1)) * mult[unit]), INTERVAL)
-    if oid == TIMESTAMPTZ:
-        if src == TIMESTAMPTZ:
-            return v
-        raise _bad_input("timestamp with time zone", val)
-    return (as_text(v), oid)
-
-
-def type_name(v: Value) -> str:
-    return TYPE_NAMES.get(v[1], "unknown")
-
-
-# ---------------------------------------------------------------------------
-# functions
-
-@dataclass
-class FuncDef:
-    impl: Callable[..., Any]     # (ctx, args: list[Value]) -> Value  (a generator when blocking)
-    nargs: tuple[int, int]
-    rettype: int
-    blocking: bool = False
-
-
-FUNCS: dict[str, FuncDef] = {}
-
-
-def sqlfunc(name: str, nargs: tuple[int, int] | int, rettype: int, blocking: bool = False):
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        n = (nargs, nargs) if isinstance(nargs, int) else nargs
-        FUNCS[name] = FuncDef(fn, n, rettype, blocking)
-        return fn
-    return deco
-
-
-def _recovery_error(fn: str | None = None) -> SQLError:
-    hint = f"{fn}() cannot be executed during recovery." if fn else \
-        "WAL control functions cannot be executed during recovery."
-    return SQLError("55000", "recovery is in progress", hint=hint)
-
-
-@sqlfunc("version", 0, TEXT)
-def _f_version(ctx: "Session", args: list[Value]) -> Value:
-    return (f"PostgreSQL {SERVER_VERSION} on {platform.machine()}-pc-linux-gnu, compiled by Python "
-            f"{platform.python_version()}, 64-bit", TEXT)
-
-
-@sqlfunc("pg_is_in_recovery", 0, BOOL)
-def _f_in_recovery(ctx: "Session", args: list[Value]) -> Value:
-    return (ctx.engine.in_recovery(), BOOL)
-
-
-def _wal_pos(which: str) -> Callable[["Session", list[Value]], Value]:
-    def fn(ctx: "Session", args: list[Value]) -> Value:
-        if ctx.engine.in_recovery():
-            raise _recovery_error()
-        return (ctx.engine.wal_position(which), PG_LSN)
-    return fn
-
-
-sqlfunc("pg_current_wal_lsn", 0, PG_LSN)(_wal_pos("write"))
-sqlfunc("pg_current_wal_insert_lsn", 0, PG_LSN)(_wal_pos("insert"))
-sqlfunc("pg_current_wal_flush_lsn", 0, PG_LSN)(_wal_pos("flush"))
-
-
-@sqlfunc("pg_switch_wal", 0, PG_LSN)
-def _f_switch(ctx: "Session", args: list[Value]) -> Value:
-    if ctx.engine.in_recovery():
-        raise _recovery_error()
-    return (ctx.engine.switch_wal(), PG_LSN)
-
-
-def _standby_field(ctx: "Session", region: str, field: str, typ: int) -> Value:
-    """A recovery-progress value from shared memory; NULL on a primary, as PostgreSQL."""
-    shared = ctx.engine.shared
-    if shared is None or not ctx.engine.in_recovery():
-        return (None, typ)
-    return (shared.regions[region].get(field) or None, typ)
-
-
-@sqlfunc("pg_last_wal_receive_lsn", 0, PG_LSN)
-def _f_receive_lsn(ctx: "Session", args: list[Value]) -> Value:
-    return _standby_field(ctx, "walrcv", "flushed_lsn", PG_LSN)
-
-
-@sqlfunc("pg_last_wal_replay_lsn", 0, PG_LSN)
-def _f_replay_lsn(ctx: "Session", args: list[Value]) -> Value:
-    return _standby_field(ctx, "recovery", "replay_lsn", PG_LSN)
-
-
-@sqlfunc("pg_last_xact_replay_timestamp", 0, TIMESTAMPTZ)
-def _f_replay_ts(ctx: "Session", args: list[Value]) -> Value:
-    return _standby_field(ctx, "recovery", "last_replay_time_us", TIMESTAMPTZ)
-
-
-@sqlfunc("pg_promote", (0, 2), BOOL, blocking=True)
-def _f_promote(ctx: "Session", args: list[Value]) -> Generator[Wait, None, Value]:
-    wait = as_bool(args[0]) if args else True
-    wait_seconds = as_int(args[1]) if len(args) > 1 else 60
-    if wait_seconds is None or wait_seconds <= 0:
-        raise SQLError("22023", '"wait_seconds" must not be negative or zero')
-    engine = ctx.engine
-    if not engine.in_recovery():
-        raise SQLError("55000", "recovery is not in progress",
-                       hint="Recovery control functions can only be executed during recovery.")
-    engine.request_promote()
-    if not wait:
-        return (True, BOOL)
-    deadline = time.monotonic() + wait_seconds
-    while engine.in_recovery():
-        if time.monotonic() >= deadline:
-            ctx.notice(f"server did not promote within {wait_seconds} second{'s' if wait_seconds != 1 else ''}",
-                       "WARNING", "01000")
-            return (False, BOOL)
-        yield Until(lambda: not engine.in_recovery(), deadline)
-    return (True, BOOL)
-
-
-@sqlfunc("pg_sleep", 1, TEXT, blocking=True)
-def _f_sleep(ctx: "Session", args: list[Value]) -> Generator[Wait, None, Value]:
-    secs = float(as_text(args[0]) or 0)
-    deadline = time.monotonic() + secs
-    while time.monotonic() < deadline:
-        yield Until(lambda: False, deadline)
-    return ("", TEXT)
-
-
-@sqlfunc("pg_walfile_name", 1, TEXT)
-def _f_walfile_name(ctx: "Session", args: list[Value]) -> Value:
-    if ctx.engine.in_recovery():
-        raise _recovery_error("pg_walfile_name")
-    lsn = as_lsn(args[0])
-    if lsn is None:
-        return (None, TEXT)
-    seg = ctx.engine.segsize()
-    # XLByteToPrevSeg: the segment holding the byte before lsn
-    return (segment_name(ctx.engine.timeline(), segno_of(max(lsn - 1, 0), seg), seg), TEXT)
-
-
-@sqlfunc("pg_wal_lsn_diff", 2, NUMERIC)
-def _f_lsn_diff(ctx: "Session", args: list[Value]) -> Value:
-    a, b = as_lsn(args[0]), as_lsn(args[1])
-    return (None if a is None or b is None else str(a - b), NUMERIC)
-
-
-@sqlfunc("pg_backend_pid", 0, INT4)
-def _f_pid(ctx: "Session", args: list[Value]) -> Value:
-    return (ctx.pid, INT4)
-
-
-@sqlfunc("current_setting", (1, 2), TEXT)
-def _f_current_setting(ctx: "Session", args: list[Value]) -> Value:
-    name = as_text(args[0]) or ""
-    missing_ok = as_bool(args[1]) if len(args) > 1 else False
-    v = ctx.show_value(name.lower())
-    if v is None:
-        if missing_ok:
-            return (None, TEXT)
-        raise SQLError("42704", f'unrecognized configuration parameter "{name}"')
-    return (v, TEXT)
-
-
-@sqlfunc("current_user", 0, NAME)
-def _f_current_user(ctx: "Session", args: list[Value]) -> Value:
-    return (ctx.params.get("user", "postgres"), NAME)
-
-
-@sqlfunc("current_database", 0, NAME)
-def _f_current_database(ctx: "Session", args: list[Value]) -> Value:
-    return (ctx.params.get("database", ctx.params.get("user", "postgres")), NAME)
-
-
-def _now(ctx: "Session", args: list[Value]) -> Value:
-    return (time.time_ns() // 1000, TIMESTAMPTZ)
-
-
-for _n in ("now", "clock_timestamp", "statement_timestamp", "transaction_timestamp"):
-    sqlfunc(_n, 0, TIMESTAMPTZ)(_now)
-
-
-@sqlfunc("repeat", 2, TEXT)
-def _f_repeat(ctx: "Session", args: list[Value]) -> Value:
-    s, n = as_text(args[0]), as_int(args[1])
-    if s is None or n is None:
-        return (None, TEXT)
-    if len(s) * max(n, 0) > 256 * 1024 * 1024:
-        raise SQLError("54000", "requested length too large")
-    return (s * max(n, 0), TEXT)
-
-
-@sqlfunc("md5", 1, TEXT)
-def _f_md5(ctx: "Session", args: list[Value]) -> Value:
-    s = as_text(args[0])
-    return (None if s is None else hashlib.md5(s.encode()).hexdigest(), TEXT)
-
-
-@sqlfunc("length", 1, INT4)
-def _f_length(ctx: "Session", args: list[Value]) -> Value:
-    s = as_text(args[0])
-    return (None if s is None else len(s), INT4)
-
-
-sqlfunc("char_length", 1, INT4)(_f_length)
-sqlfunc("octet_length", 1, INT4)(lambda ctx, a: (None if a[0][0] is None else len(as_text(a[0]).encode()), INT4))
-sqlfunc("upper", 1, TEXT)(lambda ctx, a: (None if a[0][0] is None else as_text(a[0]).upper(), TEXT))
-sqlfunc("lower", 1, TEXT)(lambda ctx, a: (None if a[0][0] is None else as_text(a[0]).lower(), TEXT))
-sqlfunc("concat", (0, 100), TEXT)(lambda ctx, a: ("".join(as_text(v) or "" for v in a), TEXT))
-sqlfunc("coalesce", (1, 100), UNKNOWN)(lambda ctx, a: next((v for v in a if v[0] is not None), (None, TEXT)))
-sqlfunc("random", 0, FLOAT8)(lambda ctx, a: (random.random(), FLOAT8))
-
-
-# ---------------------------------------------------------------------------
-# relations
-
-REL_COLUMNS: dict[str, list[tuple[str, int]]] = {
-    "kv": [("key", TEXT), ("value", TEXT)],
-    "pg_stat_replication": [
-        ("pid", INT4), ("usesysid", OID), ("usename", NAME), ("application_name", TEXT),
-        ("client_addr", INET), ("client_hostname", TEXT), ("client_port", INT4),
-        ("backend_start", TIMESTAMPTZ), ("backend_xmin", XID), ("state", TEXT),
-        ("sent_lsn", PG_LSN), ("write_lsn", PG_LSN), ("flush_lsn", PG_LSN), ("replay_lsn", PG_LSN),
-        ("write_lag", INTERVAL), ("flush_lag", INTERVAL), ("replay_lag", INTERVAL),
-        ("sync_priority", INT4), ("sync_state", TEXT), ("reply_time", TIMESTAMPTZ)],
-    "pg_stat_wal_receiver": [
-        ("pid", INT4), ("status", TEXT), ("receive_start_lsn", PG_LSN), ("receive_start_tli", INT4),
-        ("written_lsn", PG_LSN), ("flushed_lsn", PG_LSN), ("received_tli", INT4),
-        ("last_msg_send_time", TIMESTAMPTZ), ("last_msg_receipt_time", TIMESTAMPTZ),
-        ("latest_end_lsn", PG_LSN), ("latest_end_time", TIMESTAMPTZ), ("slot_name", TEXT),
-        ("sender_host", TEXT), ("sender_port", INT4), ("conninfo", TEXT)],
-}
-REL_ALIASES = {"public.kv": "kv", "pg_catalog.pg_stat_replication": "pg_stat_replication",
-               "pg_catalog.pg_stat_wal_receiver": "pg_stat_wal_receiver"}
-
-# WalSndState as PostgreSQL orders it (walsender_private.h)
-WALSND_STATES = ("startup", "backup", "catchup", "streaming", "stopping")
-WALRCV_STATES = ("stopped", "starting", "streaming", "waiting", "restarting", "stopping")
-
-
-def resolve_relation(name: str) -> str:
-    rel = REL_ALIASES.get(name, name)
-    if rel not in REL_COLUMNS:
-        raise SQLError("42P01", f'relation "{name}" does not exist')
-    return rel
-
-
-def _opt(v: int | None, oid: int, null_if: int = 0) -> Value:
-    return (None if v is None or v == null_if else v, oid)
-
-
-def stat_replication_rows(shared: Any) -> list[list[Value]]:
-    rows = []
-    if shared is None:
-        return rows
-    for slot in shared.walsnd:
-        if slot.get("pid") == 0:
-            continue
-        s = slot.read()
-        if not s["pid"]:
-            continue
-        st = s["state"]
-        state = WALSND_STATES[st] if 0 <= st < len(WALSND_STATES) else str(st)
-        rows.append([
-            (s["pid"], INT4), (10, OID), ("postgres", NAME), (s["application_name"], TEXT),
-            (s["client_addr"] or None, INET), (None, TEXT),
-            (s["client_port"] if s["client_addr"] else -1, INT4),
-            _opt(s["backend_start_us"], TIMESTAMPTZ), (None, XID), (state, TEXT),
-            _opt(s["sent_lsn"], PG_LSN), _opt(s["write_lsn"], PG_LSN), _opt(s["flush_lsn"], PG_LSN),
-            _opt(s["replay_lsn"], PG_LSN),
-            _opt(s["write_lag_us"], INTERVAL, -1), _opt(s["flush_lag_us"], INTERVAL, -1),
-            _opt(s["replay_lag_us"], INTERVAL, -1),
-            (0, INT4), ("async", TEXT), _opt(s["reply_time_us"], TIMESTAMPTZ)])
-    return rows
-
-
-def stat_wal_receiver_rows(shared: Any) -> list[list[Value]]:
-    if shared is None:
-        return []
-    s = shared.walrcv.read()
-    if not s["pid"]:
-        return []
-    st = s["state"]
-    status = WALRCV_STATES[st] if 0 <= st < len(WALRCV_STATES) else str(st)
-    return [[
-        (s["pid"], INT4), (status, TEXT), _opt(s["receive_start"], PG_LSN), _opt(s["receive_start_tli"], INT4),
-        _opt(s["written_lsn"], PG_LSN), _opt(s["flushed_lsn"], PG_LSN), _opt(s["received_tli"], INT4),
-        _opt(s["last_msg_send_us"], TIMESTAMPTZ), _opt(s["last_msg_recv_us"], TIMESTAMPTZ),
-        _opt(s["latest_end_lsn"], PG_LSN), _opt(s["latest_end_time_us"], TIMESTAMPTZ), (None, TEXT),
-        (s["sender_host"] or None, TEXT), _opt(s["sender_port"], INT4), (_mask_conninfo(s["conninfo"]), TEXT)]]
-
-
-def _mask_conninfo(ci: str) -> str | None:
-    if not ci:
-        return None
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1********", ci)
-
 
 # ---------------------------------------------------------------------------
 # the engine interface and transactions
@@ -535,6 +79,9 @@ class Engine:
         raise NotImplementedError
 
     def request_promote(self) -> None:
+        raise NotImplementedError
+
+    def request_reload(self) -> None:
         raise NotImplementedError
 
     def timeline(self) -> int:
@@ -577,6 +124,7 @@ class Session:
         self.failed = False          # the block had an error
         self.txn: Txn | None = None
         self.gucs: dict[str, str] = {}
+        self.role: Any = None            # storage.roles.RoleInfo, set after authentication
         if self.params.get("application_name"):
             self.gucs["application_name"] = self.params["application_name"]
         self._implicit = False
@@ -715,7 +263,10 @@ class Session:
             self.exec_show(st)
         elif isinstance(st, SetStmt):
             self.exec_set(st)
+        elif isinstance(st, RoleStmt):
+            self.complete(roles.run_role_sql(self, st.text))
         elif isinstance(st, Checkpoint):
+            roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()
             self.complete("CHECKPOINT")
         else:  # pragma: no cover - the parser makes only the above
@@ -762,8 +313,9 @@ class Session:
             "transaction_read_only": "on" if (eng.in_recovery() or (self.txn and self.txn.read_only)) else "off",
             "default_transaction_read_only": "off",
             "client_encoding": "UTF8", "datestyle": "ISO, MDY", "timezone": "UTC", "intervalstyle": "postgres",
-            "standard_conforming_strings": "on", "is_superuser": "on", "session_authorization":
-                self.params.get("user", "postgres"),
+            "standard_conforming_strings": "on",
+            "is_superuser": "on" if self.role is None or self.role.superuser else "off",
+            "session_authorization": self.role.name if self.role is not None else self.params.get("user", "postgres"),
             "server_version": "15.0", "server_version_num": "150000", "wal_level": "replica",
             "in_hot_standby": "on" if eng.in_recovery() else "off", "search_path": '"$user", public',
             "application_name": self.params.get("application_name", ""),
@@ -1059,6 +611,7 @@ class Session:
             src_rows = [{"key": (k, TEXT), "value": (v, TEXT)} for k, v in pairs]
         else:
             raw = stat_replication_rows(self.engine.shared) if rel == "pg_stat_replication" \
+                else roles.view_rows(self, rel) if rel in roles.VIEW_COLUMNS \
                 else stat_wal_receiver_rows(self.engine.shared)
             names = [c for c, _ in REL_COLUMNS[rel]]
             src_rows = [dict(zip(names, r)) for r in raw]

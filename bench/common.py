@@ -239,7 +239,7 @@ def _append_conf(path: Path, conf: dict[str, Any]) -> None:
 
 # -- walswitch
 def ws_init(datadir: Path, port: int, segsize_mb: int, conf: dict | None = None) -> None:
-    ws("init", "-D", str(datadir), "--wal-segsize", str(segsize_mb), "-p", str(port))
+    ws("init", "-D", str(datadir), "--wal-segsize", str(segsize_mb), "-p", str(port), "-U", "postgres")
     _append_conf(datadir / "walswitch.conf", {"fsync": True, "synchronous_commit": "on", **(conf or {})})
 
 

@@ -570,9 +570,11 @@ class Postmaster:
                             "out of file descriptors")
             for fd in fds:
                 try:
-                    params = json.loads(msg.decode().splitlines()[0]) if msg else {}
-                except (ValueError, IndexError):
-                    params = {}
+                    lines = msg.decode().splitlines() if msg else []
+                    params = json.loads(lines[0]) if lines else {}
+                    relayed = json.loads(lines[1]) if len(lines) > 1 else {}
+                except (ValueError, IndexError, UnicodeDecodeError):
+                    params, relayed = {}, {}
                 conn = socket.socket(fileno=fd)
                 if self.state in (PMState.RUN, PMState.HOT_STANDBY, PMState.RECOVERY) and self.shutdown_mode is None:
                     from walsender.walsender import main as walsender_main
@@ -580,10 +582,12 @@ class Postmaster:
                         peer = conn.getpeername()
                     except OSError:
                         peer = ("?", 0)
+                    if not isinstance(peer, tuple):       # a socketpair: the backend relays TLS for it
+                        peer = tuple(relayed.get("peer") or ("?", 0))
                     try:
                         self.fork_child("walsender", walsender_main,
                                         f"walsender {params.get('user', 'postgres')} {peer[0]}({peer[1]})",
-                                        {"conn_sock": conn, "startup_params": params})
+                                        {"conn_sock": conn, "startup_params": params, "peer": peer[:2]})
                     except OSError as e:     # fork: EAGAIN/ENOMEM; refuse this client, keep running
                         log.warning("could not fork WAL sender process: %s", e)
                 conn.close()

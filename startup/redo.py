@@ -24,6 +24,7 @@ _RM_XACT = C.RM_XACT_ID
 _INFO_MASK = C.XLR_RMGR_INFO_MASK
 _KV_PUT = C.KV_PUT
 _KV_DELETE = C.KV_DELETE
+_KV_ROLE = C.KV_ROLE
 _XACT_OPMASK = C.XLOG_XACT_OPMASK
 _COMMIT = C.XLOG_XACT_COMMIT
 
@@ -82,6 +83,8 @@ class Redo:
                         change = ("put", *kv_put_fields(data))
                     elif op == _KV_DELETE:
                         change = ("delete", KvDelete.unpack(data).key, None)
+                    elif op == _KV_ROLE:
+                        change = ("role", *kv_put_fields(data))
                     else:
                         change = None
                     if change is not None:

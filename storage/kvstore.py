@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from itertools import groupby
 from operator import itemgetter
 
+from storage import roles as _roles
 from xlog.durable import fsync_dir
 from xlog.lsn import format_lsn
 
@@ -40,6 +41,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1),"
     " applied_lsn INTEGER NOT NULL, applied_tli INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO meta (id, applied_lsn, applied_tli) VALUES (1, 0, 0)",
+    _roles.SCHEMA,
 )
 # Bound to a change triple (op, key, value): ?1, the op, is not used (SQLite counts
 # parameters up to the highest number, so the triple binds as it is).
@@ -174,6 +176,9 @@ class KVStore:
                 c.executemany(_UPSERT, run)
             elif op == "delete":
                 c.executemany(_DELETE, [(key,) for _op, key, _value in run])
+            elif op == "role":
+                for _op, name, attrs in run:
+                    _roles.apply_role_change(c, name, attrs)
             else:
                 raise ValueError(f"unknown kv change {op!r}")
 

@@ -117,7 +117,7 @@ class Node:
 
     # ---------------------------------------------------------------- life cycle
     def init(self, segsize_mb: int = 1, **conf: Any) -> "Node":
-        walswitch("init", "-D", self.datadir, "--wal-segsize", str(segsize_mb), "-p", str(self.port))
+        walswitch("init", "-D", self.datadir, "--wal-segsize", str(segsize_mb), "-p", str(self.port), "-U", "postgres")
         self.set_conf(**conf)
         return self
 

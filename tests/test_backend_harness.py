@@ -48,8 +48,13 @@ def make_datadir(datadir: str, segsize: int = 1 << 20, conf: dict | None = None)
     ckpt_lsn, _ = w.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, cp.pack())
     w.flush()
     w.close()
+    from libpq.hba import default_hba
     from storage.kvstore import KVStore
-    KVStore(datadir).close()
+    from storage.roles import RoleInfo, apply_role_change
+    store = KVStore(datadir)
+    apply_role_change(store.conn, "postgres", RoleInfo("postgres", True, True, True, oid=10).to_json())
+    store.close()
+    Path(datadir, "pg_hba.conf").write_text(default_hba("trust", "trust"))
     cf = ControlFile(system_identifier=sysid, state=DBState.SHUTDOWNED, checkpoint_lsn=ckpt_lsn, redo_lsn=redo,
                      timeline=1, prev_timeline=1, wal_segsize=segsize, next_xid=3, time=time.time())
     write_control(datadir, cf)

@@ -75,3 +75,25 @@ def test_tls_files_modes_and_key_check(nodes):
     text = p.stderr + n.log_text()
     assert f'private key file "{os.path.join(n.datadir, "server.key")}" has group or world access' in text
     assert not n.is_running()
+
+
+@pytest.mark.timeout(180)
+def test_standby_streams_over_tls_verify_full(tls_primary, nodes):
+    """Our walreceiver (libpq) streams from our primary over TLS; the backend relays for the walsender."""
+    from tests.invariants import check_data_equal, wait_caught_up
+    from tests.cluster import wait_for
+    tls_primary.sql("INSERT INTO kv VALUES ('before', '1')")
+    conninfo = dsn(tls_primary, sslmode="verify-full", host="localhost", hostaddr="127.0.0.1")
+    standby = nodes("tlsstandby")
+    walswitch("basebackup", "-d", conninfo, "-D", standby.datadir, "-R")
+    standby.set_conf(port=standby.port, primary_conninfo=conninfo, archive_mode="off",
+                     wal_retrieve_retry_interval="1s")
+    standby.start(wait_ready=False)
+    wait_for(lambda: standby.status().get("walreceiver_state") == "streaming", 60, "standby streaming over TLS")
+    for i in range(200):
+        tls_primary.sql(f"INSERT INTO kv VALUES ('k{i}', '{'x' * 500}')")
+    tls_primary.sql("SELECT pg_switch_wal()")
+    wait_caught_up(tls_primary, standby)
+    check_data_equal(tls_primary, standby)
+    rows = tls_primary.sql("SELECT state FROM pg_stat_replication")
+    assert rows == [("streaming",)]

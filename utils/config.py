@@ -38,6 +38,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("listen_addresses", "string", "localhost"),
     Setting("port", "int", 5432, min=1, max=65535),
     Setting("max_connections", "int", 100, min=1, max=10000),
+    Setting("password_encryption", "enum", "scram-sha-256", choices=("scram-sha-256", "md5")),
     Setting("superuser_reserved_connections", "int", 3, min=0, max=10000),
     Setting("statement_timeout", "int", 0, unit="ms", min=0, max=2 ** 31 - 1),
     Setting("ssl", "bool", False),

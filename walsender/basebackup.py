@@ -57,6 +57,10 @@ log = elog.logger()
 
 CHECKPOINT_WAIT = 30.0
 COPY_CHUNK = 64 * 1024
+# Files of the data directory besides walswitch.conf that a standby made from the backup needs
+# (TLS certificate and key, client authentication), copied as PostgreSQL's base backup copies them.
+DATA_DIR_FILES = ("root.crt", "server.crt", "server.key", "pg_hba.conf", "pg_ident.conf",
+                  "postgresql.conf", "postgresql.auto.conf")
 
 
 class _CopyWriter(io.RawIOBase):
@@ -160,7 +164,14 @@ def send(ws: BackupSender, options: dict[str, str | None]) -> None:
                 _add_dir(tar, "pg_wal/archive_status")
                 _add_bytes(tar, "walswitch.conf",
                            _read(os.path.join(ws.ctx.datadir, "walswitch.conf")))
+                for name in DATA_DIR_FILES:      # as pg_basebackup copies them: the server's own files
+                    try:
+                        _add_bytes(tar, name, _read(os.path.join(ws.ctx.datadir, name)))
+                    except FileNotFoundError:
+                        pass
                 _add_bytes(tar, f"global/{CONTROL_FILE_NAME}", control_bytes)
+                if os.path.exists(os.path.join(ws.ctx.datadir, "pg_hba.conf")):
+                    _add_bytes(tar, "pg_hba.conf", _read(os.path.join(ws.ctx.datadir, "pg_hba.conf")))
                 with open(snap, "rb") as f:
                     _add_file(tar, "base/kv.sqlite", f, os.fstat(f.fileno()).st_size)
                 for name in histories:

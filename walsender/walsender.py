@@ -277,8 +277,8 @@ class WalSender:
         self.database = self.params.get("database") if self.params.get("replication", "").lower() == "database" else None
         self.pg_wal = os.path.join(ctx.datadir, "pg_wal")
         try:
-            host, port = self.sock.getpeername()[:2]
-        except OSError:
+            host, port = ctx.extra.get("peer") or self.sock.getpeername()[:2]
+        except (OSError, ValueError):
             host, port = "?", 0
         self.peer = (str(host), int(port))
         self.timeout_ms = int(ctx.config.get("wal_sender_timeout", 60000) or 0)
@@ -465,8 +465,11 @@ class WalSender:
         self.init_slot()
         self.update_title("idle")
         self.waitset = WaitSet(self.latch, [self.sock.fileno(), self.ctx.death_fd, self.sig_r])
-        self.queue(P.startup_greeting(P.default_server_params(self.params.get("application_name", "")),
-                                      os.getpid(), int.from_bytes(os.urandom(4), "big")))
+        server_params = P.default_server_params(self.params.get("application_name", ""))
+        # The backend authenticated the role before the hand-off (backend/clientauth.py).
+        server_params["is_superuser"] = self.params.get("walswitch.role_superuser", "on")
+        server_params["session_authorization"] = self.params.get("walswitch.role", self.user)
+        self.queue(P.startup_greeting(server_params, os.getpid(), int.from_bytes(os.urandom(4), "big")))
         self.ctx.events.emit("walsender_start", client_addr=self.peer[0], client_port=self.peer[1],
                              application_name=self.app_name, user=self.user, slot=self.slot_no)
         try:

@@ -41,7 +41,27 @@ def check_datadir(datadir: str | None, cmd: str) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     from walswitch.initdb import InitError, initdb
     try:
-        initdb(args.datadir, wal_segsize_mb=args.wal_segsize, port=args.port)
+        password = None
+        if args.pwfile:
+            with open(args.pwfile, encoding="utf-8") as f:
+                password = f.readline().rstrip("\n")
+        elif args.pwprompt:
+            import getpass
+            password = getpass.getpass("Enter new superuser password: ")
+            if getpass.getpass("Enter it again: ") != password:
+                raise CliError("Passwords didn't match.")
+        auth_host = args.auth_host or args.auth or "trust"
+        auth_local = args.auth_local or args.auth or "trust"
+        if auth_host in ("md5", "scram-sha-256", "password") and password is None:
+            raise CliError(f'must specify a password for the superuser to enable {auth_host} authentication')
+        initdb(args.datadir, wal_segsize_mb=args.wal_segsize, port=args.port, superuser=args.username,
+               password=password, auth_host=auth_host, auth_local=auth_local)
+        if "trust" in (auth_host, auth_local):
+            print(f'{PROG} init: warning: enabling "trust" authentication for local connections\n'
+                  f'{PROG} init: hint: You can change this by editing pg_hba.conf or using the option -A, '
+                  'or --auth-local and --auth-host, the next time you run init.', file=sys.stderr)
+    except OSError as e:
+        raise CliError(f'could not read password from file "{args.pwfile}": {e.strerror}') from None
     except InitError as e:
         raise CliError(str(e)) from None
     if args.ssl:
@@ -65,6 +85,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         cfg = cfgmod.load(datadir, overrides)
     except cfgmod.ConfigError as e:
         raise CliError(str(e)) from None
+    from libpq.hba import HbaError, load_hba
+    try:
+        load_hba(os.path.join(datadir, "pg_hba.conf"))
+    except HbaError as e:
+        raise CliError(f"{e}; could not load pg_hba.conf") from None
     from xlog.control import ControlFileError, read_control
     try:
         read_control(datadir)
@@ -213,6 +238,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if st["postmaster_pid"] is not None else 3
 
 
+# ---------------------------------------------------------------- reload
+def cmd_reload(args: argparse.Namespace) -> int:
+    """pg_ctl reload: SIGHUP to the postmaster, which re-reads the settings and pg_hba.conf."""
+    from postmaster import pidfile
+    datadir = check_datadir(args.datadir, "reload")
+    info = pidfile.read(datadir)
+    if not pidfile.is_running(info):
+        raise CliError(f'PID file "{pidfile.path(datadir)}" does not exist; is server running?')
+    os.kill(info.pid, signal.SIGHUP)
+    print("server signaled")
+    return 0
+
+
 # ---------------------------------------------------------------- promote
 def cmd_promote(args: argparse.Namespace) -> int:
     from postmaster import pidfile
@@ -268,6 +306,9 @@ def cmd_basebackup(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- main
+_AUTH_METHODS = ("trust", "reject", "scram-sha-256", "md5", "password")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="A PostgreSQL-style standby server in Python.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -276,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-D", "--pgdata", dest="datadir", required=True)
     s.add_argument("--wal-segsize", type=int, default=16, help="WAL segment size in MB (power of two, 1..1024)")
     s.add_argument("-p", "--port", type=int, default=None, help="port written to walswitch.conf")
+    s.add_argument("-U", "--username", default=None, help="bootstrap superuser (default: the OS user; postgres for root)")
+    s.add_argument("--pwfile", default=None, help="read the superuser's password from this file's first line")
+    s.add_argument("-W", "--pwprompt", action="store_true", help="prompt for the superuser's password")
+    s.add_argument("-A", "--auth", default=None, choices=_AUTH_METHODS)
+    s.add_argument("--auth-host", default=None, choices=_AUTH_METHODS)
+    s.add_argument("--auth-local", default=None, choices=_AUTH_METHODS)
     s.add_argument("--ssl", action="store_true",
                    help="make a CA and a server certificate (root.crt, server.crt, server.key) and set ssl = on")
     s.add_argument("--ssl-hosts", metavar="NAMES", default=None,
@@ -304,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--compact", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("reload", help="re-read the configuration files and pg_hba.conf (SIGHUP)")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.set_defaults(func=cmd_reload)
 
     s = sub.add_parser("promote", help="promote a standby")
     s.add_argument("-D", "--pgdata", dest="datadir")

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # ---- set-up: primary, archive, base backup, standby behind the proxy
         os.makedirs(archive)
-        must(ws("init", "-D", pdir, "--wal-segsize", "1", "-p", str(pport)), "walswitch init")
+        must(ws("init", "-D", pdir, "--wal-segsize", "1", "-p", str(pport), "-U", "postgres"), "walswitch init")
         with open(os.path.join(pdir, "walswitch.conf"), "a") as f:
             f.write(f"archive_mode = on\narchive_command = 'cp %p {archive}/%f'\ncheckpoint_timeout = 30s\n")
         servers.append(pdir)

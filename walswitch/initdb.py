@@ -8,7 +8,13 @@ with a shutdown checkpoint whose redo points at itself.
 from __future__ import annotations
 
 import os
+import pwd
 import time
+
+from libpq import scram
+from libpq.hba import default_hba
+from storage.kvstore import KVStore
+from storage.roles import BOOTSTRAP_OID, RoleInfo, apply_role_change
 
 from xlog import constants as C
 from xlog.control import ControlFile, DBState, new_system_identifier, write_control
@@ -41,7 +47,16 @@ class InitError(RuntimeError):
     pass
 
 
-def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> int:
+def bootstrap_superuser_name(name: str | None) -> str:
+    """initdb's rule: -U, else the OS user.  initdb refuses root; we allow it and call the role postgres."""
+    if name:
+        return name
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    return "postgres" if os.geteuid() == 0 else user
+
+
+def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None, superuser: str | None = None,
+           password: str | None = None, auth_host: str = "trust", auth_local: str = "trust") -> int:
     """Create the data directory; returns the system identifier."""
     segsize = wal_segsize_mb * 1024 * 1024
     if not valid_segsize(segsize):
@@ -69,9 +84,15 @@ def initdb(datadir: str, wal_segsize_mb: int = 16, port: int | None = None) -> i
     writer.insert(C.RM_XLOG_ID, C.XLOG_CHECKPOINT_SHUTDOWN, 0, ckpt.pack())
     writer.flush()
     writer.close()
-    from storage.kvstore import KVStore
     store = KVStore(os.path.join(datadir, "base", "kv.sqlite"))
+    role = RoleInfo(bootstrap_superuser_name(superuser), superuser=True, login=True, replication=True,
+                    password=scram.make_verifier(password).encode() if password else None,
+                    oid=BOOTSTRAP_OID)
+    apply_role_change(store.conn, role.name, role.to_json())
     store.close()
+    with open(os.path.join(datadir, "pg_hba.conf"), "w", encoding="utf-8") as f:
+        f.write(default_hba(auth_host, auth_local))
+    os.chmod(os.path.join(datadir, "pg_hba.conf"), 0o600)
     cf = ControlFile(system_identifier=sysid, state=DBState.SHUTDOWNED, checkpoint_lsn=ckpt_lsn,
                      redo_lsn=ckpt_lsn, timeline=1, prev_timeline=1, min_recovery_point=0,
                      min_recovery_point_tli=0, backup_end_required=False, wal_segsize=segsize,

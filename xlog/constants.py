@@ -156,5 +156,6 @@ XLOG_XACT_HAS_INFO: Final = 0x80
 # --- our RM_KV_ID info codes ---------------------------------------------------
 KV_PUT: Final = 0x00
 KV_DELETE: Final = 0x10
+KV_ROLE: Final = 0x20          # a role row (storage/roles.py): name, JSON attributes or NULL = drop
 
 INVALID_XID: Final = 0

@@ -29,7 +29,7 @@ __all__ = [
     "CheckPoint", "EndOfRecovery", "OverwriteContrecord", "XactCommit", "XactAbort", "KvPut", "KvDelete",
     "decode_payload", "timestamptz_now", "timestamptz_from_unix", "timestamptz_to_unix",
     "checkpoint_record", "end_of_recovery_record", "commit_record", "abort_record",
-    "kv_put_record", "kv_delete_record", "switch_record",
+    "kv_put_record", "kv_delete_record", "kv_role_record", "switch_record",
 ]
 
 _crc_value = google_crc32c.value
@@ -579,6 +579,11 @@ def abort_record(xid: int, xact_time: int | None = None) -> RecordSpec:
 
 def kv_put_record(xid: int, key: str, value: str | None) -> RecordSpec:
     return (C.RM_KV_ID, C.KV_PUT, xid, KvPut(key, value).pack())
+
+
+def kv_role_record(xid: int, name: str, attrs: str | None) -> RecordSpec:
+    """A role created/changed (attrs JSON) or dropped (None); same layout as KV_PUT."""
+    return (C.RM_KV_ID, C.KV_ROLE, xid, KvPut(name, attrs).pack())
 
 
 def kv_delete_record(xid: int, key: str) -> RecordSpec:

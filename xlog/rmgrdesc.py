@@ -13,7 +13,7 @@ import time
 
 from . import constants as C
 from .lsn import format_lsn
-from .record import CheckPoint, DecodedRecord, EndOfRecovery, KvDelete, POSTGRES_EPOCH_UNIX
+from .record import CheckPoint, DecodedRecord, EndOfRecovery, KvDelete, KvPut, POSTGRES_EPOCH_UNIX
 
 # rmid -> {info & ~XLR_INFO_MASK (after the rmgr's own mask): name}
 _XLOG = {0x00: "CHECKPOINT_SHUTDOWN", 0x10: "CHECKPOINT_ONLINE", 0x20: "NOOP", 0x30: "NEXTOID",
@@ -44,7 +44,7 @@ _SPGIST = {0x10: "ADD_LEAF", 0x20: "MOVE_LEAFS", 0x30: "ADD_NODE", 0x40: "SPLIT_
            0x50: "PICKSPLIT", 0x60: "VACUUM_LEAF", 0x70: "VACUUM_ROOT", 0x80: "VACUUM_REDIRECT"}
 _BRIN = {0x00: "CREATE_INDEX", 0x10: "INSERT", 0x90: "INSERT+INIT", 0x20: "UPDATE", 0xA0: "UPDATE+INIT",
          0x30: "SAMEPAGE_UPDATE", 0x40: "REVMAP_EXTEND", 0x50: "DESUMMARIZE"}
-_KV = {C.KV_PUT: "KV_PUT", C.KV_DELETE: "KV_DELETE"}
+_KV = {C.KV_PUT: "KV_PUT", C.KV_DELETE: "KV_DELETE", C.KV_ROLE: "ROLE"}
 
 _IDENTIFY: dict[int, dict[int, str]] = {
     C.RM_XLOG_ID: _XLOG,
@@ -158,6 +158,10 @@ def _kv_desc(rec: DecodedRecord) -> str:
             return f"key {_quote(key)}; value {v}"
         if op == C.KV_DELETE:
             return f"key {_quote(KvDelete.unpack(d).key)}"
+        if op == C.KV_ROLE:
+            # Never the attributes: they hold the password verifier.
+            role = KvPut.unpack(d)
+            return f"role {_quote(role.key)}; {'drop' if role.value is None else 'set'}"
     except (ValueError, UnicodeDecodeError) as e:
         return f"invalid: {e}"
     return ""
