@@ -41,11 +41,13 @@ from typing import Any
 
 from backend import checkpoint as ckpt
 from backend.fdbudget import FdBudget
-from backend.tlsrelay import Relay
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
-from backend.sql import CommitWait, Engine, Panic, SQLError, Txn
+from backend.sql import Engine, SQLError, Txn
+from backend.tlsrelay import Relay
+from backend.waits import CommitWait, Panic
 from libpq import protocol as P
 from libpq import tls as tls_mod
+from libpq.hba import HbaError, HbaRules, load_hba
 from libpq.tls import TLSConfigError
 from storage.kvstore import KVStore, kv_path
 from utils import config as cfgmod
@@ -54,7 +56,6 @@ from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
 from xlog.lsn import advance, format_lsn, is_segment_name, parse_segment_name, segment_name, segno_of
-from libpq.hba import HbaError, HbaRules, load_hba
 from xlog.record import abort_record, commit_record, kv_delete_record, kv_put_record, kv_role_record
 from xlog.writer import WalWriter
 

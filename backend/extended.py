@@ -21,10 +21,14 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.nodes import (BOOL, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT, TIMESTAMPTZ,
-                           TYPE_NAMES, UNKNOWN, XID, Expr, Param, SelItem, Stmt, Value)
+from backend.nodes import (
+    BOOL, FLOAT8, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, TEXT, TIMESTAMPTZ, TYPE_NAMES, UNKNOWN, XID, Expr,
+    Param, SelItem, Stmt, Value
+)
 from backend.parse import parse
-from backend.sql import Session, Wait, walk, cast, to_text
+from backend.sql import Session, walk
+from backend.values import cast, to_text
+from backend.waits import Wait
 from libpq import protocol as P
 from libpq.protocol import BodyReader, ProtocolError, SQLError
 from xlog.lsn import parse_lsn

@@ -35,11 +35,12 @@ from backend.clientauth import AuthOutcome, ClientAuth
 from backend.extended import Extended
 from backend.nodes import Stmt
 from backend.parse import parse
-from backend.sql import CommitWait, Panic, Session, Until, Wait
-from libpq import protocol as P
+from backend.sql import Session
 from backend.tlsrelay import Relay
-from libpq.tls import TLSChannel
+from backend.waits import CommitWait, Panic, Until, Wait
+from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
+from libpq.tls import TLSChannel
 from storage.roles import RoleInfo
 from utils import config as cfgmod
 from utils import elog

@@ -1,0 +1,36 @@
+"""What a statement's generator yields to the backend loop, and the failure that ends the backend.
+
+A Query or Execute runs as a generator (backend/sql.py ``Session.run``); it yields a ``Wait`` whenever it
+must not go on before something happens elsewhere: ``CommitWait`` until its commit record is flushed and
+applied (group commit, backend/backend.py), ``Until`` until a condition holds or a deadline passes
+(pg_sleep, pg_promote).  ``Panic`` is a WAL or store failure: the backend exits and crash recovery repairs.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Panic(Exception):
+    """WAL or store failure: the backend must exit so that crash recovery repairs it."""
+
+
+class Wait:
+    """Something a session waits for; the backend resumes the generator after it."""
+
+
+@dataclass
+class CommitWait(Wait):
+    """A logged commit: resume once its WAL is flushed and its changes applied."""
+    txn: Any    # backend/sql.py Txn
+    end_lsn: int
+
+
+@dataclass
+class Until(Wait):
+    """Resume once ``pred()`` is true or the monotonic ``deadline`` passed."""
+    pred: Callable[[], bool]
+    deadline: float
+
+
