@@ -25,8 +25,11 @@ from storage.roles import RoleInfo, all_roles, lookup_role
 FIRST_USER_OID = 16384
 
 _FLAGS = {"superuser": "superuser", "canlogin": "login", "isreplication": "replication"}
-_IGNORED = {"createdb", "createrole", "inherit", "bypassrls", "connectionlimit", "validUntil",
-            "addroleto", "rolemembers", "adminmembers", "sysid"}
+# Accepted and without effect here (one database, no role membership, no row security, no connection
+# limit per role).  VALID UNTIL and role memberships are refused (0A000), never silently dropped.
+_OPTION_NAMES = {"validUntil": "VALID UNTIL", "addroleto": "IN ROLE", "rolemembers": "ROLE",
+                 "adminmembers": "ADMIN"}
+_IGNORED = {"createdb", "createrole", "inherit", "bypassrls", "connectionlimit", "sysid"}
 
 
 def require_superuser(session: Any, message: str) -> None:
@@ -71,7 +74,7 @@ def _apply_options(session: Any, role: RoleInfo, options: Any) -> None:
         elif name in _IGNORED:
             continue
         else:
-            raise SQLError("0A000", f'role option "{name}" is not supported')
+            raise SQLError("0A000", f"{_OPTION_NAMES.get(name, name)} is not supported")
 
 
 def _current(session: Any, name: str) -> RoleInfo | None:

@@ -267,7 +267,8 @@ def test_role_ddl_is_transactional(nodes):
     names = {r[0]: r[1] for r in p.sql("SELECT rolname, rolcanlogin FROM pg_roles")}
     assert names == {"postgres": True, "m1": True, "m2": True}
     for q, code in (("CREATE ROLE m1", "42710"), ("DROP ROLE nobody", "42704"), ("CREATE ROLE pg_x", "42939"),
-                    ("DROP ROLE postgres", "55006"), ("CREATE ROLE", "42601")):
+                    ("DROP ROLE postgres", "55006"), ("CREATE ROLE", "42601"),
+                    ("CREATE ROLE v VALID UNTIL '2030-01-01'", "0A000"), ("CREATE ROLE w IN ROLE m1", "0A000")):
         with pytest.raises(psycopg2.Error) as e:
             p.sql(q)
         assert e.value.pgcode == code, q
