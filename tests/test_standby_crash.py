@@ -67,9 +67,11 @@ def test_kill_postmaster_children_follow(nodes, tmp_path, coordination):
     assert {c.cmdline()[0].split()[1] for c in children} >= {"startup", "walreceiver"}
     standby.kill9("postmaster")
     t0 = time.monotonic()
+    # The bound is wait_procs' timeout: nothing may be alive after it.  (A second check of the elapsed
+    # time only measured wait_procs' own overhead when the last child left right at the bound.)
     gone, alive = psutil.wait_procs(children, timeout=2.0)
-    assert not alive, f"children outlived the postmaster: {[p.cmdline() for p in alive]}"
-    assert time.monotonic() - t0 <= 2.0
+    assert not alive, f"children outlived the postmaster by {time.monotonic() - t0:.2f} s: " \
+                      f"{[p.cmdline() for p in alive]}"
     assert shm_objects(standby.datadir), "expected the killed server's shared memory to be left for cleanup"
     standby.start(wait_ready=False)
     wait_streaming(standby, 60)
