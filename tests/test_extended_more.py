@@ -2,10 +2,10 @@
 tests/test_extended_protocol.py, each checked against a real PostgreSQL 15 (error position at end of
 input, rows counted per Execute after PortalSuspended, $n::type inferred by Describe, numeric binary).
 
-Real primary and standby processes on 127.0.0.1, real clients: psql (error caret), pgbench -M
-extended / -M prepared, psycopg 3 (text and binary parameters, prepare=True, executemany, pipeline
-mode), libpq's own extended calls through psycopg.pq, and raw protocol messages built with
-libpq/protocol.py (Execute with a row limit → PortalSuspended).
+A real primary on 127.0.0.1, real clients: psql (error caret), psycopg 3 (text and binary parameters,
+prepare=True, executemany, pipeline mode), libpq's own extended calls through psycopg.pq, and raw
+protocol messages built with libpq/protocol.py (Execute with a row limit → PortalSuspended).  pgbench
+-M extended/prepared and the hot-standby reads are in tests/test_extended_protocol.py.
 """
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ import socket
 import struct
 import subprocess
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import pq
 
 from libpq import protocol as P
-from tests.cluster import PGBIN, wait_for
+from tests.cluster import PGBIN
 
 
 def psql(node, query: str) -> subprocess.CompletedProcess:
@@ -79,28 +78,6 @@ def test_psql_syntax_error_caret_nesting_and_unsupported(primary):
 
 
 # ---------------------------------------------------------------- pgbench
-
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["extended", "prepared"])
-def test_pgbench_extended_and_prepared(primary, mode):
-    script = Path(primary.datadir, "bench.sql")
-    script.write_text("\\set id random(1, 100000)\n"
-                      "BEGIN;\n"
-                      "INSERT INTO kv VALUES (:id, 'x') ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
-                      "SELECT value FROM kv WHERE key = :id;\n"
-                      "END;\n"
-                      "INSERT INTO kv VALUES (:id || '-b', :id);\n")
-    p = subprocess.run([str(PGBIN / "pgbench"), "-n", "-M", mode, "-f", str(script), "-c", "4", "-j", "2",
-                        "-t", "200", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "postgres"],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr + p.stdout
-    assert "number of failed transactions: 0" in p.stdout, p.stdout
-    assert "number of transactions actually processed: 800/800" in p.stdout, p.stdout
-    n = primary.sql("SELECT count(*) FROM kv")[0][0]
-    assert n > 100
-
-
-# ---------------------------------------------------------------- psycopg 3
 
 @pytest.mark.timeout(120)
 def test_psycopg3_parameters_prepare_executemany_pipeline(nodes):
@@ -231,19 +208,3 @@ def test_execute_with_row_limit_suspends_then_finishes(primary):
 
 
 # ---------------------------------------------------------------- hot standby
-
-@pytest.mark.timeout(180)
-def test_hot_standby_answers_the_same_reads(nodes):
-    p = nodes.primary()
-    with pg3(p) as c:
-        c.cursor().executemany("INSERT INTO kv VALUES (%s, %s)", [(f"h{i}", str(i)) for i in range(20)])
-    s = nodes.standby(p)
-    wait_for(lambda: s.sql("SELECT count(*) FROM kv") == [(20,)], 60, "replay on the standby")
-    q = "SELECT key, value FROM kv WHERE key >= %s ORDER BY key LIMIT %s"
-    with pg3(p) as cp, pg3(s) as cs:
-        for binary in (False, True):
-            want = cp.execute(q, ("h1", 5), binary=binary, prepare=True).fetchall()
-            assert cs.execute(q, ("h1", 5), binary=binary, prepare=True).fetchall() == want and len(want) == 5
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            cs.execute("INSERT INTO kv VALUES (%s, %s)", ("x", "y"))
-        assert cs.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)

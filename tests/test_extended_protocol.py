@@ -94,8 +94,11 @@ def primary(nodes):
 def pgbench(node, mode: str, tmp_path: Path) -> str:
     script = tmp_path / "tx.sql"
     script.write_text("\\set id random(1, 100000)\n"
+                      "BEGIN;\n"
                       "INSERT INTO kv VALUES (:id, 'x') ON CONFLICT (key) DO UPDATE SET value = excluded.value;\n"
-                      "SELECT value FROM kv WHERE key = :id;\n")
+                      "SELECT value FROM kv WHERE key = :id;\n"
+                      "END;\n"
+                      "INSERT INTO kv VALUES (:id || '-b', :id);\n")
     p = subprocess.run([str(PGBIN / "pgbench"), "-n", "-M", mode, "-f", str(script), "-c", "2", "-j", "2",
                         "-t", "200", "-h", "127.0.0.1", "-p", str(node.port), "-U", "postgres", "postgres"],
                        capture_output=True, text=True, timeout=120)
