@@ -250,9 +250,12 @@ def parse_override(item: str) -> tuple[str, str]:
     return name.strip().lower(), value.strip()
 
 
+AUTO_CONF_NAME = "postgresql.auto.conf"
+
+
 def load(datadir: str, overrides: list[tuple[str, str]] | None = None,
          extra_check: Callable[[Config], None] | None = None) -> Config:
-    """Read DIR/walswitch.conf, then apply overrides; validate everything."""
+    """Read DIR/walswitch.conf, then DIR/postgresql.auto.conf, then apply overrides; validate everything."""
     path = os.path.join(datadir, CONF_NAME)
     cfg = Config({s.name: s.default for s in SETTINGS.values()}, {})
     for name, (raw, line) in parse_file(path).items():
@@ -263,6 +266,19 @@ def load(datadir: str, overrides: list[tuple[str, str]] | None = None,
         except ConfigError as e:
             raise ConfigError(f'{e} in file "{path}" line {line}') from None
         cfg.sources[name] = f"{path}:{line}"
+    # As PostgreSQL reads postgresql.auto.conf after its main file: pg_basebackup -R writes the standby's
+    # primary_conninfo there.  PostgreSQL settings that walswitch does not have are left alone (the file
+    # may come from a PostgreSQL data directory); a known setting with a bad value is an error.
+    auto = os.path.join(datadir, AUTO_CONF_NAME)
+    if os.path.exists(auto):
+        for name, (raw, line) in parse_file(auto).items():
+            if name not in SETTINGS:
+                continue
+            try:
+                cfg.values[name] = convert(SETTINGS[name], raw)
+            except ConfigError as e:
+                raise ConfigError(f'{e} in file "{auto}" line {line}') from None
+            cfg.sources[name] = f"{auto}:{line}"
     for name, raw in overrides or []:
         if name not in SETTINGS:
             raise ConfigError(f'unrecognized configuration parameter "{name}"')

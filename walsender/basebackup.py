@@ -59,8 +59,9 @@ CHECKPOINT_WAIT = 30.0
 COPY_CHUNK = 64 * 1024
 # Files of the data directory besides walswitch.conf that a standby made from the backup needs
 # (TLS certificate and key, client authentication), copied as PostgreSQL's base backup copies them.
-DATA_DIR_FILES = ("root.crt", "server.crt", "server.key", "pg_hba.conf", "pg_ident.conf",
-                  "postgresql.conf", "postgresql.auto.conf")
+# postgresql.auto.conf is not copied: walswitch has no ALTER SYSTEM, and a copied primary_conninfo there
+# would override the one `walswitch basebackup -R` appends to walswitch.conf.
+DATA_DIR_FILES = ("root.crt", "server.crt", "server.key", "pg_hba.conf", "pg_ident.conf")
 
 
 class _CopyWriter(io.RawIOBase):
