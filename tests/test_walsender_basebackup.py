@@ -109,6 +109,21 @@ def test_base_backup_wire_format_and_standby_refusal(harness_factory):
         assert rows(r)[0] == [format_lsn(lsn).encode(), b"1"]
         assert rows(r)[1] == [format_lsn(lsn).encode(), b"1"]
         assert r[-2] == (b"C", P.cstr("BASE_BACKUP"))
+        # options PostgreSQL knows but walswitch does not do are refused, never ignored
+        for cmd, code, msg in [
+                ("BASE_BACKUP (PROGRESS)", "0A000", "BASE_BACKUP option PROGRESS is not supported by walswitch"),
+                ("BASE_BACKUP (CHECKPOINT 'spread')", "0A000",
+                 "BASE_BACKUP option CHECKPOINT spread is not supported by walswitch"),
+                ("BASE_BACKUP (MAX_RATE 1000)", "0A000", "BASE_BACKUP option MAX_RATE 1000 is not supported by walswitch"),
+                ("BASE_BACKUP LABEL 'x' PROGRESS", "0A000", "BASE_BACKUP option PROGRESS is not supported by walswitch"),
+                ("BASE_BACKUP (CHECKPOINT 'slow')", "22023", 'unrecognized checkpoint type: "slow"'),
+                ("BASE_BACKUP (FOO)", "42601", 'option "foo" not recognized'),
+                ("BASE_BACKUP (LABEL 'a', LABEL 'b')", "42601", 'duplicate option "label"')]:
+            r = c.query(cmd)
+            f = error_fields(r[0][1])
+            assert (f["C"], f["M"]) == (code, msg), cmd
+        r = c.query("BASE_BACKUP (LABEL 'y', CHECKPOINT 'fast', WAIT false)")
+        assert r[-2] == (b"C", P.cstr("BASE_BACKUP"))
         with h.shared.xlog.locked():
             h.shared.xlog.set(in_recovery=1)
         r = c.query("BASE_BACKUP")

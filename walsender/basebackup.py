@@ -116,7 +116,34 @@ def _segment_file(pg_wal: str, segno: int, tli: int, segsize: int) -> tuple[str,
     return None
 
 
+# BASE_BACKUP options PostgreSQL 15 knows (new syntax, and the legacy keywords).  Of these walswitch does
+# LABEL, an immediate checkpoint (CHECKPOINT 'fast', legacy FAST) and no wait for WAL archiving
+# (WAIT false, legacy NOWAIT); any other is refused, never ignored.
+PG_OPTIONS = {"label", "progress", "checkpoint", "wait", "wal", "max_rate", "tablespace_map",
+              "verify_checksums", "manifest", "manifest_checksums", "target", "target_detail", "compression",
+              "compression_detail", "fast", "nowait", "noverify_checksums"}
+
+
+def check_options(options: dict[str, str | None]) -> None:
+    for name, value in options.items():
+        if name not in PG_OPTIONS:
+            raise P.SQLError("42601", f'option "{name}" not recognized')
+        v = (value or "").lower()
+        if name in ("label", "fast", "nowait"):
+            continue
+        if name == "checkpoint":
+            if v not in ("fast", "spread"):
+                raise P.SQLError("22023", f'unrecognized checkpoint type: "{value}"')
+            if v == "fast":
+                continue
+        if name == "wait" and v in ("false", "off", "0", "no"):
+            continue
+        what = f"{name.upper()} {value}" if value is not None else name.upper()
+        raise P.SQLError("0A000", f"BASE_BACKUP option {what} is not supported by walswitch")
+
+
 def send(ws: BackupSender, options: dict[str, str | None]) -> None:
+    check_options(options)
     shared = ws.shared
     if shared.xlog.get("in_recovery"):
         raise P.SQLError("55000", "base backups from a standby are not supported by walswitch")

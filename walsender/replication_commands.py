@@ -242,7 +242,9 @@ def parse(text: str) -> object:
                     if t.kind == "punct":
                         raise _syntax_error()
                     value = t.text
-                opts[name] = value
+                if name.lower() in opts:
+                    raise SQLError("42601", f'duplicate option "{name.lower()}"')
+                opts[name.lower()] = value
                 if p.accept_punct(")"):
                     break
                 if not p.accept_punct(","):
