@@ -27,7 +27,7 @@ from startup.standby import publish_end_of_wal, run_standby, set_state
 from storage.kvstore import KVStore
 from utils import elog
 from utils.proc import ChildContext, set_title
-from xlog import archive_status
+from xlog import archive_status, backup_label
 from xlog import constants as C
 from xlog.control import ControlFile, ControlFileError, DBState, read_control, write_control
 from xlog.lsn import format_lsn, is_segment_name, parse_segment_name, segment_name, segment_start, segno_of
@@ -45,8 +45,13 @@ class RecoveryError(RuntimeError):
 def main(ctx: ChildContext) -> int:
     ctx.shared.recovery.update(startup_pid=os.getpid())
     try:
+        # A copy made by pg_basebackup still has its backup_label: recovery starts at its checkpoint.
+        label = backup_label.consume(ctx.datadir)
+        if label is not None:
+            log.info("starting backup recovery with redo LSN %s, checkpoint LSN %s, on timeline ID %d",
+                     format_lsn(label.start_lsn), format_lsn(label.checkpoint_lsn), label.start_tli)
         cf = read_control(ctx.datadir)
-    except ControlFileError as e:
+    except (ControlFileError, backup_label.BackupLabelError) as e:
         log.critical("%s", e)
         return 1
     try:

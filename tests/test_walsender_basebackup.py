@@ -1,7 +1,11 @@
 """BASE_BACKUP through a walsender (stand-in postmaster), read by walswitch/basebackup.py's client."""
 from __future__ import annotations
 
+import io
+import json
 import os
+import struct
+import tarfile
 import threading
 from pathlib import Path
 
@@ -101,28 +105,85 @@ def test_base_backup_wire_format_and_standby_refusal(harness_factory):
     port = h.listen_for_walsenders()
     c = RawClient(port)
     try:
-        r = c.query("BASE_BACKUP (LABEL 'x')")
+        # PostgreSQL 15's layout: start point, tablespaces, one COPY stream (n, d..., p, m, d...), end point
+        r = c.query("BASE_BACKUP ( LABEL 'x', PROGRESS, WAIT 0, MANIFEST 'yes', TARGET 'client' )")
         kinds = [t for t, _ in r]
-        assert kinds[:4] == [b"T", b"D", b"C", b"H"]
+        assert kinds[:7] == [b"T", b"D", b"C", b"T", b"D", b"C", b"H"], kinds[:8]
         assert kinds[-6:] == [b"c", b"T", b"D", b"C", b"C", b"Z"]
-        assert set(kinds[4:-6]) == {b"d"}
         assert rows(r)[0] == [format_lsn(lsn).encode(), b"1"]
-        assert rows(r)[1] == [format_lsn(lsn).encode(), b"1"]
+        size_kb = int(rows(r)[1][2])
+        assert rows(r)[1][:2] == [None, None] and size_kb > 0            # the data directory, its size in kB
+        assert rows(r)[2] == [format_lsn(lsn).encode(), b"1"]
         assert r[-2] == (b"C", P.cstr("BASE_BACKUP"))
-        # options PostgreSQL knows but walswitch does not do are refused, never ignored
+        copy = [body for t, body in r if t == b"d"]
+        assert copy[0] == b"n" + P.cstr("base.tar") + P.cstr("")
+        sub = [m[:1] for m in copy]
+        m_at = sub.index(b"m")
+        assert set(sub[1:m_at - 1]) == {b"d"} and sub[m_at - 1] == b"p" and set(sub[m_at + 1:]) == {b"d"}
+        archive = b"".join(m[1:] for m in copy[1:m_at - 1])
+        (done,) = struct.unpack("!q", copy[m_at - 1][1:])
+        assert done == len(archive) and abs(size_kb - done // 1024) <= 2   # the estimate is right here
+        assert archive.endswith(bytes(1024)) and len(archive) % 512 == 0   # a two-block trailer, no more
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+            names = tf.getnames()
+        assert names[0] == "backup_label" and names[-1] == "global/walswitch_control"
+        assert "base/kv.sqlite" in names and "pg_wal" in names and "pg_wal/archive_status" in names
+        assert not [n for n in names if n.startswith("pg_wal/") and n != "pg_wal/archive_status"]  # no WAL
+        manifest = json.loads(b"".join(m[1:] for m in copy[m_at + 1:]))
+        assert {f["Path"] for f in manifest["Files"]} == {n for n in names if not n.startswith("pg_wal")
+                                                          and n not in ("base", "global", "log", "pg_tblspc")}
+        assert manifest["WAL-Ranges"] == [{"Timeline": 1, "Start-LSN": format_lsn(lsn), "End-LSN": format_lsn(lsn)}]
+        # WAL: the segments and their .done; legacy keywords mean the same options
+        r = c.query("BASE_BACKUP LABEL 'y' FAST WAL NOWAIT")
+        assert r[0][0] != b"E", error_fields(r[0][1])
+        archive = b"".join(body[1:] for t, body in r if t == b"d" and body[:1] == b"d")
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
+            names = tf.getnames()
+        seg = segment_name(1, segno_of(lsn, SEGSIZE), SEGSIZE)
+        assert f"pg_wal/{seg}" in names and f"pg_wal/archive_status/{seg}.done" in names
+        # PostgreSQL's checks, messages and SQLSTATEs; what walswitch does not do is refused, never ignored
         for cmd, code, msg in [
-                ("BASE_BACKUP (PROGRESS)", "0A000", "BASE_BACKUP option PROGRESS is not supported by walswitch"),
-                ("BASE_BACKUP (CHECKPOINT 'spread')", "0A000",
-                 "BASE_BACKUP option CHECKPOINT spread is not supported by walswitch"),
-                ("BASE_BACKUP (MAX_RATE 1000)", "0A000", "BASE_BACKUP option MAX_RATE 1000 is not supported by walswitch"),
-                ("BASE_BACKUP LABEL 'x' PROGRESS", "0A000", "BASE_BACKUP option PROGRESS is not supported by walswitch"),
-                ("BASE_BACKUP (CHECKPOINT 'slow')", "22023", 'unrecognized checkpoint type: "slow"'),
-                ("BASE_BACKUP (FOO)", "42601", 'option "foo" not recognized'),
-                ("BASE_BACKUP (LABEL 'a', LABEL 'b')", "42601", 'duplicate option "label"')]:
+                ("BASE_BACKUP (FOO)", "42601", 'unrecognized base backup option: "foo"'),
+                ("BASE_BACKUP (LABEL 'a', LABEL 'b')", "42601", 'duplicate option "label"'),
+                ("BASE_BACKUP (PROGRESS 'x')", "42601", "progress requires a Boolean value"),
+                ("BASE_BACKUP (WAIT 'maybe')", "42601", "wait requires a Boolean value"),
+                ("BASE_BACKUP (MAX_RATE 1)", "22003", '1 is outside the valid range for parameter "MAX_RATE" '
+                                                      "(32 .. 1048576)"),
+                ("BASE_BACKUP (MAX_RATE 'abc')", "42601", "max_rate requires a numeric value"),
+                ("BASE_BACKUP (CHECKPOINT 'slow')", "42601", 'unrecognized checkpoint type: "slow"'),
+                ("BASE_BACKUP (MANIFEST 'maybe')", "42601", 'unrecognized manifest option: "maybe"'),
+                ("BASE_BACKUP (MANIFEST_CHECKSUMS 'md5')", "42601", 'unrecognized checksum algorithm: "md5"'),
+                ("BASE_BACKUP (MANIFEST_CHECKSUMS 'sha256')", "42601", "manifest checksums require a backup manifest"),
+                ("BASE_BACKUP (TARGET 'x')", "0A000", 'unrecognized target: "x"'),
+                ("BASE_BACKUP (TARGET 'server')", "42601", 'target "server" requires a target detail'),
+                ("BASE_BACKUP (TARGET 'client', TARGET_DETAIL 'x')", "42601",
+                 'target "client" does not accept a target detail'),
+                ("BASE_BACKUP (COMPRESSION 'foo')", "42601", 'unrecognized compression algorithm: "foo"'),
+                ("BASE_BACKUP (COMPRESSION_DETAIL 'x')", "42601",
+                 "compression detail cannot be specified unless compression is enabled"),
+                ("BASE_BACKUP LABEL 'x' FOO", "42601", "syntax error"),
+                ("BASE_BACKUP (TARGET 'server', TARGET_DETAIL '/tmp/x')", "0A000",
+                 'BASE_BACKUP target "server" is not supported by walswitch'),
+                ("BASE_BACKUP (TARGET 'blackhole')", "0A000",
+                 'BASE_BACKUP target "blackhole" is not supported by walswitch'),
+                ("BASE_BACKUP (COMPRESSION 'gzip')", "0A000",
+                 'BASE_BACKUP compression "gzip" is not supported by walswitch')]:
             r = c.query(cmd)
             f = error_fields(r[0][1])
             assert (f["C"], f["M"]) == (code, msg), cmd
-        r = c.query("BASE_BACKUP (LABEL 'y', CHECKPOINT 'fast', WAIT false)")
+            assert [t for t, _ in r] == [b"E", b"Z"], cmd
+        # accepted: both checkpoint types, checksums of every kind, throttling, no verification to do
+        r = c.query("BASE_BACKUP (LABEL 'y', CHECKPOINT 'spread', WAIT false, MAX_RATE 1048576, "
+                    "VERIFY_CHECKSUMS false, MANIFEST 'force-encode', MANIFEST_CHECKSUMS 'SHA512', TABLESPACE_MAP)")
+        assert r[-2] == (b"C", P.cstr("BASE_BACKUP"))
+        copy = [body for t, body in r if t == b"d"]
+        m_at = [m[:1] for m in copy].index(b"m")
+        manifest = json.loads(b"".join(m[1:] for m in copy[m_at + 1:]))
+        assert all("Encoded-Path" in f and f["Checksum-Algorithm"] == "SHA512" for f in manifest["Files"])
+        assert bytes.fromhex(manifest["Files"][1]["Encoded-Path"]).decode() == "tablespace_map"
+        # WAIT true (the default) with archive_mode off: PostgreSQL's notice, and the backup
+        r = c.query("BASE_BACKUP")
+        assert any(t == b"N" and b"WAL archiving is not enabled" in body for t, body in r)
         assert r[-2] == (b"C", P.cstr("BASE_BACKUP"))
         with h.shared.xlog.locked():
             h.shared.xlog.set(in_recovery=1)

@@ -7,8 +7,13 @@ Only what a physical walsender needs; the grammar follows PostgreSQL 15::
     TIMELINE_HISTORY tli
     START_REPLICATION [SLOT slot_name] [PHYSICAL] X/X [TIMELINE tli]
     START_REPLICATION SLOT slot_name LOGICAL X/X [( options )]      (refused later)
-    BASE_BACKUP [( option [value] [, ...] )]                         (options: see walsender.py)
-    CREATE_REPLICATION_SLOT / DROP_REPLICATION_SLOT / READ_REPLICATION_SLOT  (refused later)
+    BASE_BACKUP [( option [value] [, ...] )]                         (options: walsender/basebackup.py)
+    BASE_BACKUP [LABEL 'x'] [PROGRESS] [FAST] [WAL] [NOWAIT] [MAX_RATE n] [TABLESPACE_MAP]
+                [NOVERIFY_CHECKSUMS] [MANIFEST 'x'] [MANIFEST_CHECKSUMS 'x']   (legacy keywords)
+    CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL | ( option [value] [, ...] )]
+    CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL plugin [...]   (refused later)
+    DROP_REPLICATION_SLOT name [WAIT]
+    READ_REPLICATION_SLOT name                                       (refused later)
 
 each optionally followed by a semicolon.  Keywords are upper case only, as
 in PostgreSQL's scanner (``identify_system`` is not a replication command).  A string whose first word is not a replication keyword is
@@ -20,7 +25,7 @@ PostgreSQL's replication grammar does.  Nothing here touches the server.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from libpq.protocol import SQLError
 
@@ -55,16 +60,50 @@ class StartReplication:
     logical: bool = False
 
 
+# A generic option's argument, as the grammar's var_value: None (no argument), a number, or a string (a
+# quoted string, or a word such as true/on/fast).
+OptArg = None | int | float | str
+
+
 @dataclass(frozen=True)
 class BaseBackup:
-    options: dict[str, str | None] = field(default_factory=dict)
+    """Options in the order given, names lower case; duplicates are left to the options parser, as
+    PostgreSQL's parse_basebackup_options reports them.  Legacy keywords arrive as their new names."""
+    options: tuple[tuple[str, OptArg], ...] = ()
+
+
+@dataclass(frozen=True)
+class CreateSlot:
+    slot: str
+    temporary: bool = False
+    logical: bool = False
+    options: tuple[tuple[str, OptArg], ...] = ()
+
+
+@dataclass(frozen=True)
+class DropSlot:
+    slot: str
+    wait: bool = False
 
 
 @dataclass(frozen=True)
 class SlotCommand:
-    """CREATE/DROP/READ_REPLICATION_SLOT: parsed only far enough to refuse them."""
+    """READ_REPLICATION_SLOT: parsed only far enough to refuse it."""
     command: str
     slot: str | None
+
+
+# PostgreSQL 15's legacy BASE_BACKUP keywords (repl_gram.y), as the generic options they stand for:
+# keyword -> (option name, argument kind: None = none, "s" = string constant, "u" = unsigned integer,
+# or the fixed argument the keyword implies).
+LEGACY_BASE_BACKUP: dict[str, tuple[str, object]] = {
+    "LABEL": ("label", "s"), "PROGRESS": ("progress", None), "FAST": ("checkpoint", ("fast",)),
+    "WAL": ("wal", None), "NOWAIT": ("wait", (0,)), "MAX_RATE": ("max_rate", "u"),
+    "TABLESPACE_MAP": ("tablespace_map", None), "NOVERIFY_CHECKSUMS": ("verify_checksums", (0,)),
+    "MANIFEST": ("manifest", "s"), "MANIFEST_CHECKSUMS": ("manifest_checksums", "s"),
+}
+LEGACY_SLOT_OPTIONS = {"RESERVE_WAL": "reserve_wal", "EXPORT_SNAPSHOT": "snapshot",
+                       "NOEXPORT_SNAPSHOT": "snapshot", "USE_SNAPSHOT": "snapshot", "TWO_PHASE": "two_phase"}
 
 
 # Tokens: RECPTR (hex/hex), unsigned integer, single-quoted string, double-quoted
@@ -72,6 +111,7 @@ class SlotCommand:
 _TOKEN = re.compile(r"""
     \s*(?:
       (?P<recptr>[0-9A-Fa-f]+/[0-9A-Fa-f]+)
+    | (?P<fconst>-?\d+\.\d*|-?\.\d+|-\d+)(?![A-Za-z_0-9])
     | (?P<uconst>\d+)(?![A-Za-z_0-9])
     | '(?P<sconst>(?:[^']|'')*)'
     | "(?P<qident>(?:[^"]|"")+)"
@@ -82,7 +122,7 @@ _TOKEN = re.compile(r"""
 
 @dataclass
 class Tok:
-    kind: str       # recptr uconst sconst qident ident punct
+    kind: str       # recptr fconst uconst sconst qident ident punct
     text: str
 
     def is_kw(self, kw: str) -> bool:
@@ -165,6 +205,53 @@ class _Parser:
             return t.text
         raise _syntax_error()
 
+    def option_arg(self) -> OptArg:
+        """generic_option_arg: nothing (before ',' or ')'), a number, a string, or a word."""
+        t = self.peek()
+        if t is None or (t.kind == "punct" and t.text in ",)"):
+            return None
+        t = self.take()
+        if t.kind == "uconst":
+            return int(t.text)
+        if t.kind == "fconst":
+            return float(t.text) if any(c in t.text for c in ".eE") else int(t.text)
+        if t.kind in ("sconst", "qident"):
+            return t.text
+        if t.kind == "ident":
+            return t.text.lower()
+        raise _syntax_error()
+
+    def option_list(self) -> list[tuple[str, OptArg]]:
+        """The part after '(' of ``( name [arg] [, ...] )``."""
+        opts: list[tuple[str, OptArg]] = []
+        while True:
+            name = self.expect_name()
+            opts.append((name, self.option_arg()))
+            if self.accept_punct(")"):
+                return opts
+            if not self.accept_punct(","):
+                raise _syntax_error()
+
+    def legacy_options(self, table: dict[str, tuple[str, object]]) -> list[tuple[str, OptArg]]:
+        opts: list[tuple[str, OptArg]] = []
+        while (t := self.peek()) is not None and t.kind == "ident":
+            if t.text not in table:
+                raise _syntax_error()
+            self.take()
+            name, kind = table[t.text]
+            if kind == "s":
+                a = self.take()
+                if a.kind != "sconst":
+                    raise _syntax_error()
+                opts.append((name, a.text))
+            elif kind == "u":
+                opts.append((name, self.expect_uconst()))
+            elif isinstance(kind, tuple):
+                opts.append((name, kind[0]))
+            else:
+                opts.append((name, None))
+        return opts
+
     def end(self) -> None:
         while self.accept_punct(";"):
             pass
@@ -231,36 +318,37 @@ def parse(text: str) -> object:
         p.end()
         return StartReplication(start, tli, slot, logical)
     if kw == "BASE_BACKUP":
-        opts: dict[str, str | None] = {}
         if p.accept_punct("("):
-            while True:
-                name = p.expect_name()
-                value: str | None = None
-                t = p.peek()
-                if t is not None and not (t.kind == "punct" and t.text in ",)"):
-                    t = p.take()
-                    if t.kind == "punct":
-                        raise _syntax_error()
-                    value = t.text
-                if name.lower() in opts:
-                    raise SQLError("42601", f'duplicate option "{name.lower()}"')
-                opts[name.lower()] = value
-                if p.accept_punct(")"):
-                    break
-                if not p.accept_punct(","):
-                    raise _syntax_error()
+            opts = p.option_list()
         else:
-            # PostgreSQL's legacy syntax: LABEL 'x' PROGRESS FAST WAL NOWAIT MAX_RATE n ...
-            while p.peek() is not None and p.peek().kind == "ident":  # type: ignore[union-attr]
-                name = p.take().text.lower()
-                value = None
-                t = p.peek()
-                if t is not None and t.kind in ("sconst", "uconst"):
-                    value = p.take().text
-                opts[name] = value
+            opts = p.legacy_options(LEGACY_BASE_BACKUP)
         p.end()
-        return BaseBackup(opts)
-    # Slot commands: name the slot if we can, refuse later.
+        return BaseBackup(tuple(opts))
+    if kw == "CREATE_REPLICATION_SLOT":
+        slot = p.expect_name()
+        temporary = p.accept_kw("TEMPORARY")
+        if p.accept_kw("PHYSICAL"):
+            logical = False
+        elif p.accept_kw("LOGICAL"):
+            logical = True
+            p.expect_name()                     # the output plugin
+        else:
+            raise _syntax_error()
+        if p.accept_punct("("):
+            opts = p.option_list()
+        else:
+            opts = []
+            while (t := p.peek()) is not None and t.kind == "ident" and t.text in LEGACY_SLOT_OPTIONS:
+                p.take()
+                opts.append((LEGACY_SLOT_OPTIONS[t.text], None))
+        p.end()
+        return CreateSlot(slot, temporary, logical, tuple(opts))
+    if kw == "DROP_REPLICATION_SLOT":
+        slot = p.expect_name()
+        wait = p.accept_kw("WAIT")
+        p.end()
+        return DropSlot(slot, wait)
+    # READ_REPLICATION_SLOT: name the slot if we can, refuse later.
     slot = None
     t = p.peek()
     if t is not None and t.kind in ("ident", "qident"):

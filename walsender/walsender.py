@@ -22,7 +22,8 @@ walreceiver flushed), and at most until the next keepalive is due.
 
 Commands (simple Query messages; see replication_commands.py for the
 grammar): IDENTIFY_SYSTEM, SHOW name, TIMELINE_HISTORY n,
-START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n], BASE_BACKUP.
+START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n], BASE_BACKUP,
+CREATE_REPLICATION_SLOT / DROP_REPLICATION_SLOT (temporary physical slots).
 Anything that is not a replication command gets PostgreSQL's 0A000
 "cannot execute SQL commands in WAL sender for physical replication"; a
 replication command that does not parse gets 42601 "syntax error"; after an
@@ -48,31 +49,10 @@ WalSndDone does.  Unlike PostgreSQL we give up waiting for that confirmation
 after SHUTDOWN_CONFIRM_WAIT seconds (a stalled link must not hold the
 shutdown for wal_sender_timeout).
 
-BASE_BACKUP (ours, simpler than PostgreSQL's; server side in walsender/basebackup.py,
-client in walswitch/basebackup.py):
-    BASE_BACKUP [ ( LABEL 'x' [, ...] ) ]       (other options are accepted and ignored)
-    1. T/D/C: one row (recptr text, tli int8) = the start point: the redo
-       point of a checkpoint the backend was asked to make (or, if none came
-       within 30 s, of the last one); CommandComplete "SELECT";
-    2. CopyOutResponse, then CopyData messages whose payloads, concatenated,
-       are one uncompressed POSIX (pax) tar stream: global/, base/, pg_wal/,
-       pg_wal/archive_status/ (directories), walswitch.conf,
-       global/walswitch_control (as read at the start), base/kv.sqlite (a
-       consistent snapshot taken with SQLite's online backup API, journal
-       mode DELETE), every pg_wal/*.history, the WAL segments from the start
-       point's segment through the end point's (files as they are: the last
-       one is valid up to the end point), and backup_label (PostgreSQL's
-       lines START WAL LOCATION, CHECKPOINT LOCATION, BACKUP METHOD, BACKUP
-       FROM, START TIME, LABEL, START TIMELINE, plus END WAL LOCATION and
-       END TIMELINE); then CopyDone.  Not included: postmaster.pid,
-       standby.signal, promote, log/;
-    3. T/D/C: one row (recptr text, tli int8) = the end point: the flush
-       position after the snapshot (every change in the snapshot is at or
-       below it); CommandComplete "SELECT";
-    4. CommandComplete "BASE_BACKUP", ReadyForQuery.
-    A standby made from it replays from the start point; the store's own
-    applied LSN makes records it already holds no-ops, and it is consistent
-    once it has replayed up to the end point.  Refused on a standby.
+BASE_BACKUP: PostgreSQL 15's options and COPY stream, in walsender/basebackup.py (the client is
+PostgreSQL's pg_basebackup or walswitch/basebackup.py).  CREATE_REPLICATION_SLOT ... TEMPORARY
+PHYSICAL, DROP_REPLICATION_SLOT and START_REPLICATION SLOT use this connection's temporary slots
+(walsender/slots.py), as pg_basebackup -X stream needs them.
 """
 from __future__ import annotations
 
@@ -91,6 +71,7 @@ from utils import elog
 from utils.proc import ChildContext, child_start, set_title
 from walsender import basebackup
 from walsender import replication_commands as RC
+from walsender import slots
 from xlog.lsn import XLOG_BLCKSZ, format_lsn, history_file_name, segment_name, segno_of
 
 log = elog.logger()
@@ -309,6 +290,7 @@ class WalSender:
         self.segfile: tuple[int, int, int] | None = None   # (tli, segno, fd)
         self.state = WalSndState.STARTUP
         self.activity = ""
+        self.temp_slots = slots.TempSlots()    # this connection's temporary replication slots
 
     # ------------------------------------------------------------ setup
     def install_signals(self) -> None:
@@ -563,9 +545,11 @@ class WalSender:
                 self.start_replication(cmd)
             elif isinstance(cmd, RC.BaseBackup):
                 self.send_base_backup(cmd)
+            elif isinstance(cmd, RC.CreateSlot):
+                self.queue(self.temp_slots.create(cmd))
+            elif isinstance(cmd, RC.DropSlot):
+                self.queue(self.temp_slots.drop(cmd))
             elif isinstance(cmd, RC.SlotCommand):
-                if cmd.command == "CREATE_REPLICATION_SLOT":
-                    raise P.SQLError("0A000", "replication slots are not supported by walswitch")
                 raise P.SQLError("42704", f'replication slot "{cmd.slot}" does not exist')
             else:  # pragma: no cover
                 raise P.SQLError("42601", "syntax error")
@@ -620,7 +604,7 @@ class WalSender:
         if cmd.logical:
             raise P.SQLError("0A000", "logical replication is not supported by walswitch")
         if cmd.slot is not None:
-            raise P.SQLError("42704", f'replication slot "{cmd.slot}" does not exist')
+            self.temp_slots.acquire(cmd.slot)
         segsize = self.segsize()
         flush_ptr, flush_tli = self.flush_position()
         self.send_tli_historic = False
