@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from libpq import protocol as P
 from storage.kvstore import KVStore
@@ -194,3 +196,75 @@ def test_base_backup_wire_format_and_standby_refusal(harness_factory):
         bbs.CHECKPOINT_WAIT = 30.0
     wait_for(lambda: "checkpoint for base backup was not completed" in h.log_text(), 5, "fallback log")
     _ = os
+
+
+@pytest.mark.timeout(60)
+def test_temporary_physical_slots(harness_factory):
+    """What pg_basebackup -X stream does on its second connection: a temporary physical slot, then
+    START_REPLICATION SLOT on it; the slot is this connection's only."""
+    h = harness_factory()
+    h.start_wal()
+    lsn = h.write_records(3)
+    port = h.listen_for_walsenders()
+    c = RawClient(port)
+    other = RawClient(port, application_name="other")
+    try:
+        for cmd, code, msg in [
+                ('CREATE_REPLICATION_SLOT "A-b" TEMPORARY PHYSICAL', "42602",
+                 'replication slot name "A-b" contains invalid character'),
+                ("CREATE_REPLICATION_SLOT " + "x" * 64 + " TEMPORARY PHYSICAL", "42622",
+                 f'replication slot name "{"x" * 64}" is too long'),
+                ("CREATE_REPLICATION_SLOT s PHYSICAL (RESERVE_WAL 'x')", "42601", "reserve_wal requires a Boolean value"),
+                ("CREATE_REPLICATION_SLOT s TEMPORARY PHYSICAL (FOO)", "XX000", "unrecognized option: foo"),
+                ("CREATE_REPLICATION_SLOT s PHYSICAL RESERVE_WAL", "0A000",
+                 "only temporary physical replication slots are supported by walswitch"),
+                ("CREATE_REPLICATION_SLOT s TEMPORARY LOGICAL pgoutput", "0A000",
+                 "logical replication is not supported by walswitch"),
+                ("DROP_REPLICATION_SLOT nosuch", "42704", 'replication slot "nosuch" does not exist'),
+                ("START_REPLICATION SLOT nosuch 0/0", "42704", 'replication slot "nosuch" does not exist')]:
+            r = c.query(cmd)
+            f = error_fields(r[0][1])
+            assert (f["C"], f["M"]) == (code, msg), cmd
+        r = c.query('CREATE_REPLICATION_SLOT "pg_basebackup_42" TEMPORARY PHYSICAL ( RESERVE_WAL)')
+        assert [t for t, _ in r] == [b"T", b"D", b"C", b"Z"]
+        assert rows(r) == [[b"pg_basebackup_42", b"0/0", None, None]]
+        assert r[2] == (b"C", P.cstr("CREATE_REPLICATION_SLOT"))
+        f = error_fields(c.query("CREATE_REPLICATION_SLOT pg_basebackup_42 TEMPORARY PHYSICAL")[0][1])
+        assert (f["C"], f["M"]) == ("42710", 'replication slot "pg_basebackup_42" already exists')
+        f = error_fields(other.query("START_REPLICATION SLOT pg_basebackup_42 0/0")[0][1])
+        assert f["C"] == "42704"                                   # another connection's slot is not there
+        seg_start = lsn - lsn % SEGSIZE
+        c.send(P.msg(b"Q", P.cstr(f'START_REPLICATION SLOT "pg_basebackup_42" {format_lsn(seg_start)} TIMELINE 1')))
+        assert c.recv()[0] == b"W"
+        got = c.recv()
+        assert got[0] == b"d" and got[1][:1] in (b"w", b"k")
+        c.send(P.copy_done())
+        msgs = c.until(b"Z")
+        assert (b"C", P.cstr("START_STREAMING")) in msgs
+        assert c.query("DROP_REPLICATION_SLOT pg_basebackup_42")[0] == (b"C", P.cstr("DROP_REPLICATION_SLOT"))
+        f = error_fields(c.query("START_REPLICATION SLOT pg_basebackup_42 0/0")[0][1])
+        assert f["C"] == "42704"
+    finally:
+        c.close()
+        other.close()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["label", "progress", "checkpoint", "wait", "wal", "max_rate", "manifest",
+                                           "manifest_checksums", "target", "target_detail", "compression",
+                                           "compression_detail", "tablespace_map", "verify_checksums", "nosuch"]),
+                          st.one_of(st.none(), st.integers(-5, 2 ** 40), st.text(max_size=12),
+                                    st.sampled_from(["true", "off", "fast", "client", "yes", "CRC32C", "none"]))),
+                max_size=6))
+def test_base_backup_options_answer_with_sqlstates(opts):
+    """Any option list parses to options or to PostgreSQL's error, never anything else."""
+    import walsender.basebackup as bbs
+    from walsender import replication_commands as RC
+    text = "BASE_BACKUP (" + ", ".join(
+        n + ("" if a is None else " " + (str(a) if isinstance(a, int) else "'" + a.replace("'", "''") + "'"))
+        for n, a in opts) + ")" if opts else "BASE_BACKUP"
+    try:
+        cmd = RC.parse(text)
+        bbs.parse_options(cmd.options)
+    except P.SQLError as e:
+        assert e.sqlstate in ("42601", "0A000", "22003"), (text, e.sqlstate, e.message)
