@@ -130,3 +130,16 @@ def test_pg_basebackup_refusals_and_no_slot(nodes):
     start_standby(primary, standby)
     wait_for(lambda: primary.sql("SELECT count(*) FROM pg_stat_replication")[0][0] == 1, 30,
              "only the standby's walsender left on the primary")
+
+
+def test_postgresql_conf_files_read_after_walswitch_conf(tmp_path):
+    """walswitch.conf, then postgresql.conf, then postgresql.auto.conf (PostgreSQL's order); settings
+    walswitch does not have are left alone there."""
+    from utils import config as cfgmod
+    (tmp_path / "walswitch.conf").write_text("port = 5433\nwal_receiver_timeout = '5s'\n")
+    (tmp_path / "postgresql.conf").write_text("port = 5434\nshared_buffers = '128MB'\nwal_receiver_timeout = 7s\n")
+    (tmp_path / "postgresql.auto.conf").write_text("wal_receiver_timeout = '9s'\nwork_mem = 4MB\n")
+    cfg = cfgmod.load(str(tmp_path))
+    assert cfg["port"] == 5434 and cfg["wal_receiver_timeout"] == 9000
+    assert cfg.sources["port"].endswith("postgresql.conf:1")
+    assert cfg.sources["wal_receiver_timeout"].endswith("postgresql.auto.conf:1")

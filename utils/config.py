@@ -251,11 +251,14 @@ def parse_override(item: str) -> tuple[str, str]:
 
 
 AUTO_CONF_NAME = "postgresql.auto.conf"
+# PostgreSQL's own files, read after walswitch.conf in PostgreSQL's order when present.
+PG_CONF_NAMES = ("postgresql.conf", AUTO_CONF_NAME)
 
 
 def load(datadir: str, overrides: list[tuple[str, str]] | None = None,
          extra_check: Callable[[Config], None] | None = None) -> Config:
-    """Read DIR/walswitch.conf, then DIR/postgresql.auto.conf, then apply overrides; validate everything."""
+    """Read DIR/walswitch.conf, then DIR/postgresql.conf and DIR/postgresql.auto.conf if present, then
+    apply overrides; validate everything."""
     path = os.path.join(datadir, CONF_NAME)
     cfg = Config({s.name: s.default for s in SETTINGS.values()}, {})
     for name, (raw, line) in parse_file(path).items():
@@ -269,8 +272,9 @@ def load(datadir: str, overrides: list[tuple[str, str]] | None = None,
     # As PostgreSQL reads postgresql.auto.conf after its main file: pg_basebackup -R writes the standby's
     # primary_conninfo there.  PostgreSQL settings that walswitch does not have are left alone (the file
     # may come from a PostgreSQL data directory); a known setting with a bad value is an error.
-    auto = os.path.join(datadir, AUTO_CONF_NAME)
-    if os.path.exists(auto):
+    for auto in (os.path.join(datadir, n) for n in PG_CONF_NAMES):
+        if not os.path.exists(auto):
+            continue
         for name, (raw, line) in parse_file(auto).items():
             if name not in SETTINGS:
                 continue
