@@ -143,3 +143,20 @@ def test_postgresql_conf_files_read_after_walswitch_conf(tmp_path):
     assert cfg["port"] == 5434 and cfg["wal_receiver_timeout"] == 9000
     assert cfg.sources["port"].endswith("postgresql.conf:1")
     assert cfg.sources["wal_receiver_timeout"].endswith("postgresql.auto.conf:1")
+
+
+@pytest.mark.timeout(120)
+def test_wait_for_archiving_refused_while_archiving(nodes, tmp_path):
+    """-X none asks the server to wait for the archiving of the backup's WAL (WAIT true): with
+    archive_mode off PostgreSQL's notice and a backup; with it on, 0A000 (walswitch cannot wait for
+    it), while -X stream (WAIT false) works."""
+    primary = nodes.primary(archive_mode="on", archive_command="true")
+    r = subprocess.run([pg_tool("pg_basebackup"), "-d", primary.dsn(), "-D", str(tmp_path / "none"), "-X", "none"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "BASE_BACKUP option WAIT true is not supported by walswitch" in r.stderr
+    r = run_pg_basebackup(primary, str(tmp_path / "stream"))
+    assert r.returncode == 0, r.stderr
+    other = nodes.primary("noarchive")
+    r = subprocess.run([pg_tool("pg_basebackup"), "-d", other.dsn(), "-D", str(tmp_path / "none2"), "-X", "none",
+                        "--max-rate=1024"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "NOTICE:  WAL archiving is not enabled" in r.stderr, r.stderr
