@@ -45,6 +45,7 @@ class RecoveryError(RuntimeError):
 def main(ctx: ChildContext) -> int:
     ctx.shared.recovery.update(startup_pid=os.getpid())
     try:
+        backup_label.remove_temp_files(ctx.datadir)
         # A copy made by pg_basebackup still has its backup_label: recovery starts at its checkpoint.
         label = backup_label.consume(ctx.datadir)
         if label is not None:

@@ -87,6 +87,12 @@ def test_pg_basebackup_plain_stream_makes_a_standby(nodes):
     # the startup used backup_label once (as PostgreSQL renames it)
     assert not (d / "backup_label").exists() and (d / "backup_label.old").exists()
     standby.wait_log("starting backup recovery with redo LSN")
+    # a backup's temporary files (a killed walsender's snapshot) go at the next start, as RemovePgTempFiles
+    Path(primary.datadir, "pgsql_tmp_basebackup_x").mkdir()
+    Path(primary.datadir, "pgsql_tmp_basebackup_x", "kv.sqlite").write_bytes(b"left over")
+    primary.stop()
+    primary.start()
+    assert [p.name for p in Path(primary.datadir).iterdir() if p.name.startswith("pgsql_tmp")] == []
 
 
 @pytest.mark.timeout(240)

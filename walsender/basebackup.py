@@ -45,7 +45,7 @@ from typing import Any, Protocol
 from libpq import protocol as P
 from utils import elog
 from walsender.basebackup_stream import CHECKSUM_TYPES, CopyStream, Manifest, TarWriter, entry_size
-from xlog.backup_label import BackupLabel
+from xlog.backup_label import TEMP_PREFIX, BackupLabel
 from xlog.control import CONTROL_FILE_NAME, CONTROL_FILE_SIZE, ControlFile, control_path
 from xlog.lsn import format_lsn, is_history_file_name, segment_name, segno_of
 
@@ -71,7 +71,6 @@ CHECKPOINT_WAIT = 30.0
 OIDOID = 26                            # pg_type.oid of oid (the tablespace result set's spcoid)
 STORE = "base/kv.sqlite"
 CONTROL = f"global/{CONTROL_FILE_NAME}"
-TEMP_PREFIX = "pgsql_tmp"              # PG_TEMP_FILE_PREFIX: never copied
 # basebackup.c's excludeFiles (a trailing * matches a prefix), plus ours: signal files (the client
 # decides what the copy is: pg_basebackup -R / walswitch basebackup -R), postgresql.auto.conf (walswitch
 # has no ALTER SYSTEM; a copied primary_conninfo would override the one walswitch basebackup -R writes

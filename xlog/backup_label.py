@@ -10,11 +10,12 @@ StartupXLOG: if the file is there, recovery starts at its checkpoint and is cons
 end point (control file: checkpoint, redo, min_recovery_point, backup_start/backup_end, state
 in archive recovery), then the file becomes ``backup_label.old``.  ``walswitch basebackup``
 calls it right after unpacking; a copy made by PostgreSQL's pg_basebackup keeps the file until
-``walswitch start``.
+``walswitch start``.  ``remove_temp_files`` clears what a base backup killed mid-way left.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from xlog.lsn import format_lsn, parse_lsn, segment_name, segno_of
 
 LABEL_FILE = "backup_label"
 LABEL_OLD = "backup_label.old"
+TEMP_PREFIX = "pgsql_tmp"       # PostgreSQL's PG_TEMP_FILE_PREFIX: never copied, removed at start
 
 
 class BackupLabelError(ValueError):
@@ -97,3 +99,21 @@ def consume(datadir: str) -> BackupLabel | None:
     os.replace(os.path.join(datadir, LABEL_FILE), os.path.join(datadir, LABEL_OLD))
     fsync_dir(datadir)
     return label
+
+
+def remove_temp_files(datadir: str) -> int:
+    """RemovePgTempFiles for the data directory's top level: what a base backup killed mid-way left
+    (its store snapshot).  Run by the startup, when no walsender can be using one."""
+    removed = 0
+    for name in os.listdir(datadir):
+        if name.startswith(TEMP_PREFIX):
+            path = os.path.join(datadir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            removed += 1
+    return removed
