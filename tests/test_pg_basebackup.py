@@ -3,7 +3,8 @@
 Plain (-Fp) and tar (-Ft, unpacked with tarfile) backups with -X stream (a second connection
 streams WAL through a temporary slot) and -R (standby.signal and postgresql.auto.conf); each copy
 starts with ``walswitch start``, streams, and matches the primary.  The produced backup is
-checked against the exclusion lists, and with pg_verifybackup.  ``run_pg_basebackup`` takes extra
+checked against the exclusion lists, and with pg_verifybackup; over TLS (verify-full) with SCRAM from a
+passfile as a REPLICATION role too.  ``run_pg_basebackup`` takes extra
 conninfo and environment, so a test can add ``sslmode=verify-full`` and a passfile.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Node, pg_tool, wait_for
+from tests.cluster import Node, pg_tool, wait_for, walswitch
 from tests.invariants import check_data_equal, wait_streaming
 
 PRIMARY_FILES_PLANTED = ("postmaster.opts", "pgsql_tmp_junk", "pg_stat_tmp/stats.tmp", "log/extra.log",
@@ -166,3 +167,44 @@ def test_wait_for_archiving_refused_while_archiving(nodes, tmp_path):
     r = subprocess.run([pg_tool("pg_basebackup"), "-d", other.dsn(), "-D", str(tmp_path / "none2"), "-X", "none",
                         "--max-rate=1024"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "NOTICE:  WAL archiving is not enabled" in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fmt", ["p", "t"])
+def test_pg_basebackup_over_tls_scram_passfile(nodes, tmp_path, fmt):
+    """Issue 10's case: pg_basebackup -U repl -X stream -R over sslmode=verify-full, SCRAM from a passfile;
+    the standby streams with the primary_conninfo pg_basebackup wrote, and matches the primary."""
+    p = nodes("primary")
+    walswitch("init", "-D", p.datadir, "--wal-segsize", "1", "-p", str(p.port), "-U", "postgres", "--ssl")
+    Path(p.datadir, "pg_hba.conf").write_text(
+        "host all postgres 127.0.0.1/32 trust\n"
+        "hostssl replication repl 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
+    p.start()
+    p.sql("CREATE ROLE repl LOGIN REPLICATION PASSWORD 'r3pl-secret'")
+    write_rows(p, 0, 100)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"localhost:{p.port}:*:repl:r3pl-secret\n")
+    passfile.chmod(0o600)
+    tls = {"host": "localhost", "hostaddr": "127.0.0.1", "user": "repl", "sslmode": "verify-full",
+           "sslrootcert": os.path.join(p.datadir, "root.crt"), "channel_binding": "require"}
+    s = nodes("standby")
+    target = s.datadir if fmt == "p" else str(tmp_path / "tar")
+    r = run_pg_basebackup(p, target, f"-F{fmt}", conninfo=tls, env={"PGPASSFILE": str(passfile)})
+    assert r.returncode == 0, r.stderr
+    if fmt == "t":
+        os.makedirs(s.datadir, mode=0o700)
+        with tarfile.open(os.path.join(target, "base.tar")) as tf:
+            tf.extractall(s.datadir, filter="data")
+        with tarfile.open(os.path.join(target, "pg_wal.tar")) as tf:
+            tf.extractall(os.path.join(s.datadir, "pg_wal"), filter="data")
+    auto = Path(s.datadir, "postgresql.auto.conf").read_text()
+    assert "sslmode=''verify-full''" in auto and "user=repl" in auto and "r3pl-secret" not in auto
+    # the standby finds the password where pg_basebackup did: PGPASSFILE, in its environment
+    s.set_conf(port=s.port, wal_retrieve_retry_interval="1s", archive_mode="off")
+    env = {**os.environ, "PGPASSFILE": str(passfile)}
+    walswitch("start", "-D", s.datadir, "--detach", "--no-wait-ready", env=env)
+    wait_streaming(s, 60)
+    write_rows(p, 1000, 30)
+    check_data_equal(p, s)
+    for n in (p, s):
+        assert "r3pl-secret" not in n.log_text()

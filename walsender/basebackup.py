@@ -398,11 +398,11 @@ def send(ws: BackupSender, raw_options: Any) -> None:
                        progress=opt.progress, wal=opt.include_wal)
 
 
-def _estimate(entries: list[Entry], b: Backup, opt: BackupOptions, wal: int, segsize: int) -> int:
+def _estimate(entries: list[Entry], b: Backup, wal: int, segsize: int) -> int:
     """The archive's size in bytes, as PostgreSQL's size-only pass counts it (headers included)."""
     total = sum(entry_size(e.size) if e.kind == "file" else entry_size(0) for e in entries)
     total += entry_size(os.path.getsize(b.snapshot)) + entry_size(CONTROL_FILE_SIZE) + entry_size(512)
-    total += wal * (entry_size(segsize) + entry_size(0))
+    total += wal * (entry_size(segsize) + entry_size(0))     # each segment and its .done
     return total
 
 
@@ -413,7 +413,7 @@ def _send_results_and_archive(ws: BackupSender, opt: BackupOptions, b: Backup, e
     ws.queue(P.row_description([("recptr", P.TEXTOID), ("tli", P.INT8OID)]))
     ws.queue(P.data_row([format_lsn(b.start_lsn), str(b.tli)]))
     ws.queue(P.command_complete("SELECT"))
-    size = str(_estimate(entries, b, opt, len(fds), segsize) // 1024) if opt.progress else None
+    size = str(_estimate(entries, b, len(fds), segsize) // 1024) if opt.progress else None
     ws.queue(P.row_description([("spcoid", OIDOID), ("spclocation", P.TEXTOID), ("size", P.INT8OID)]))
     ws.queue(P.data_row([None, None, size]))
     ws.queue(P.command_complete("SELECT"))
