@@ -108,6 +108,8 @@ def test_standby_streams_over_tls_verify_full(tls_primary, nodes):
     check_data_equal(tls_primary, standby)
     rows = tls_primary.sql("SELECT state FROM pg_stat_replication")
     assert rows == [("streaming",)]
+    from tests.test_file_modes import loose_modes
+    assert loose_modes(standby.datadir) == []         # server.key and root.crt came with the backup
 
 
 @pytest.mark.timeout(120)
