@@ -214,6 +214,10 @@ class Connection:
     def peer_cert_cn(self) -> str | None:
         return self.tls.peer_common_name() if self.ssl_in_use and self.tls is not None else None
 
+    @property
+    def peer_cert_verified(self) -> bool:
+        return self.tls is not None and self.tls.peer_cert_verified()
+
     def on_startup(self, pkt: P.StartupPacket) -> None:
         b = self.backend
         if pkt.cancel is not None:

@@ -9,6 +9,31 @@ others may read (``server_context`` raises TLSConfigError with PostgreSQL's mess
 ``TLSChannel`` wraps an ``ssl.SSLObject`` over two memory BIOs: the backend's selector loop feeds it
 what the socket received and sends what it produced, so one process serves many TLS sessions without
 blocking (the handshake included).  ``tls_server_end_point`` is RFC 5929's channel binding type.
+
+Where TLS ends, and why there.  The backend is one process serving every normal connection in a
+non-blocking selector loop; a replication connection is recognised only from its StartupMessage, which
+arrives *after* the handshake, and its socket is then passed (SCM_RIGHTS) to the postmaster, which forks
+a walsender.  An OpenSSL session is process memory: it cannot follow the socket.  Two designs keep TLS
+for both kinds of connection:
+
+  (a) chosen: the backend terminates every TLS session in its loop (this module).  A normal connection
+      never leaves it; for a replication connection the walsender gets one end of a socketpair instead
+      of the client's socket, and the backend relays plaintext <-> TLS records between them
+      (backend/tlsrelay.py).  The walsender, the postmaster and the hand-off stay as they are for
+      plain connections; authentication (SCRAM-PLUS with this module's channel binding, clientcert)
+      runs in one place for both kinds.
+  (b) rejected: on SSLRequest the postmaster forks a connection process that does the handshake and
+      reads the StartupMessage, becoming the walsender or relaying plaintext to the backend.  It costs
+      a fork per TLS connection and a relay on *every* TLS query instead of on
+      the few replication connections, and moves authentication out of the backend.
+
+The relay's cost (bench/tls_relay.py, figures in the README's TLS section): one extra local hop and one
+pass through the backend's loop per walsender write; the backend's CPU is shared with the sessions.
+
+What a connection knows (backend/session.py Connection, read by backend/clientauth.py): ``ssl_in_use``,
+``peer_cert_cn`` and ``peer_cert_verified`` (a client certificate is asked for only when
+``ssl_ca_file`` is set, and OpenSSL verifies any it gets against it, failing the
+handshake otherwise), ``channel_binding_data`` (``tls_server_end_point`` of the server certificate).
 """
 from __future__ import annotations
 
@@ -35,9 +60,16 @@ def _resolve(datadir: str, name: str) -> str:
 
 
 def check_key_file_mode(path: str) -> None:
+    """PostgreSQL's check_ssl_key_file_permissions (be-secure-common.c)."""
     st = os.stat(path)
-    limit = 0o640 if st.st_uid == 0 and os.geteuid() != 0 else 0o600
-    if stat.S_IMODE(st.st_mode) & ~limit:
+    if not stat.S_ISREG(st.st_mode):
+        raise TLSConfigError(f'private key file "{path}" is not a regular file')
+    if st.st_uid not in (os.geteuid(), 0):
+        raise TLSConfigError(f'private key file "{path}" must be owned by the database user or root')
+    # Owned by us: no access for group or others.  Owned by root (and we are not root): group read only.
+    forbidden = stat.S_IRWXG | stat.S_IRWXO if st.st_uid == os.geteuid() else \
+        stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO
+    if st.st_mode & forbidden:
         raise TLSConfigError(
             f'private key file "{path}" has group or world access\n'
             "DETAIL:  File must have permissions u=rw (0600) or less if owned by the database user, or "
@@ -127,6 +159,13 @@ class TLSChannel:
     def take_output(self) -> bytes:
         """Ciphertext waiting for the socket."""
         return self.outgoing.read()
+
+    def peer_cert_verified(self) -> bool:
+        """A client certificate was presented and OpenSSL verified it against ssl_ca_file (with
+        CERT_OPTIONAL a certificate that does not verify fails the handshake; without ssl_ca_file none
+        is asked for)."""
+        return (self.handshaken and self.obj.context.verify_mode != ssl.CERT_NONE
+                and self.obj.getpeercert(binary_form=True) is not None)
 
     def peer_common_name(self) -> str | None:
         cert = self.obj.getpeercert()
