@@ -142,7 +142,7 @@ def test_base_backup_wire_format_and_standby_refusal(harness_factory):
         with tarfile.open(fileobj=io.BytesIO(archive)) as tf:
             names = tf.getnames()
         seg = segment_name(1, segno_of(lsn, SEGSIZE), SEGSIZE)
-        assert f"pg_wal/{seg}" in names and f"pg_wal/archive_status/{seg}.done" in names
+        assert f"pg_wal/{seg}" in names and f"pg_wal/archive_status/{seg}.done" not in names  # not complete
         # PostgreSQL's checks, messages and SQLSTATEs; what walswitch does not do is refused, never ignored
         for cmd, code, msg in [
                 ("BASE_BACKUP (FOO)", "42601", 'unrecognized base backup option: "foo"'),

@@ -47,7 +47,7 @@ from utils import elog
 from walsender.basebackup_stream import CHECKSUM_TYPES, CopyStream, Manifest, TarWriter, entry_size
 from xlog.backup_label import TEMP_PREFIX, BackupLabel
 from xlog.control import CONTROL_FILE_NAME, CONTROL_FILE_SIZE, ControlFile, control_path
-from xlog.lsn import format_lsn, is_history_file_name, segment_name, segno_of
+from xlog.lsn import format_lsn, is_history_file_name, parse_segment_name, segment_name, segno_of
 
 
 class BackupSender(Protocol):
@@ -443,7 +443,7 @@ def _send_results_and_archive(ws: BackupSender, opt: BackupOptions, b: Backup, e
             with f:
                 tar.add_file(e.name, f, e.size, e.mode, e.mtime)
     if fds:
-        _add_wal(tar, ws.pg_wal, fds, segsize)
+        _add_wal(tar, ws.pg_wal, fds, segsize, b.end_lsn)
     with open(control_path(datadir), "rb") as f:
         ctl_mtime = os.fstat(f.fileno()).st_mtime
     tar.add_bytes(CONTROL, b.control_bytes, mtime=ctl_mtime)
@@ -455,13 +455,16 @@ def _send_results_and_archive(ws: BackupSender, opt: BackupOptions, b: Backup, e
     stream.end()
 
 
-def _add_wal(tar: TarWriter, pg_wal: str, fds: list[tuple[str, int]], segsize: int) -> None:
-    """The WAL option: the segments as they are now (the last is valid up to the end point), each
-    marked archived (``.done``), and every timeline history file; none of them in the manifest."""
+def _add_wal(tar: TarWriter, pg_wal: str, fds: list[tuple[str, int]], segsize: int, end_lsn: int) -> None:
+    """The WAL option: the segments as they are now (the last is valid up to the end point), every
+    timeline history file; none of them in the manifest.  Completed segments are marked ``.done``
+    (PostgreSQL marks the last one too, but for walswitch's startup ``.done`` also means the segment
+    file is complete, and a restored copy must be able to replace the partial one)."""
     for name, fd in fds:
         with os.fdopen(os.dup(fd), "rb") as f:
             tar.add_file(f"pg_wal/{name}", f, segsize, 0o600, os.fstat(f.fileno()).st_mtime, in_manifest=False)
-        tar.add_bytes(f"pg_wal/archive_status/{name}.done", b"", in_manifest=False)
+        if (parse_segment_name(name, segsize)[1] + 1) * segsize <= end_lsn:
+            tar.add_bytes(f"pg_wal/archive_status/{name}.done", b"", in_manifest=False)
     for name in sorted(n for n in os.listdir(pg_wal) if is_history_file_name(n)):
         try:
             with open(os.path.join(pg_wal, name), "rb") as f:
