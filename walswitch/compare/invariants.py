@@ -5,10 +5,11 @@
 * ``data_equal``: after catching up, the standby's rows equal the primary's;
 * ``segments_identical``: every segment the standby has replayed past is byte-identical to the
   same-named file of the primary or the archive (the newest segment of each timeline may be filling);
-* ``double_writes``: no segment written by two fetchers at once, from the trace: the walreceiver
-  replacing a segment that was already whole (``segment_replaced``, concurrent_guard = off), or
-  the startup installing a restored copy of the segment the walreceiver was writing (it had
-  started writing it before, and completes it after);
+* ``double_writes``: no segment written by two fetchers, from the trace: the walreceiver replacing
+  a segment that was already whole (``segment_replaced``, concurrent_guard = off); the startup
+  installing a restored copy of the segment the walreceiver was writing (it had started writing it
+  before, and completes it after), or of one the walreceiver had streamed whole (with the guard on
+  such a copy is kept private: ``restore_kept_private`` follows the restore at once);
 * leaks (processes, shared memory, semaphores) are found by the systems (systems.py ``leaks``).
 
 tests/invariants.py wraps these for the fault tests.
@@ -71,10 +72,16 @@ def segments_identical(standby_pg_wal: Path, sources: list[Path], replayed_upto:
 def double_writes(trace: list[dict], segsize: int) -> list[str]:
     out = []
     whole: set[str] = set()          # segments restored or completed so far
+    streamed: set[str] = set()       # segments the walreceiver completed
+    over_streamed: dict[str, float] = {}     # restored by the startup after the walreceiver completed them
     streaming_into: str | None = None  # the segment the walreceiver was writing, since its last start
     installed_under: dict[str, float] = {}   # restored by the startup while the walreceiver wrote it
     for e in trace:
         k = e["kind"]
+        if over_streamed and e.get("role") == "startup" and k != "restore_kept_private":
+            # The startup went on after the restore without keeping the copy private: it installed it.
+            out += [_over_streamed(f) for f in over_streamed]
+            over_streamed.clear()
         if k == "stream_start":
             streaming_into = _segment_at(e["start_lsn"], segsize)
         elif k == "stream_lost":
@@ -82,6 +89,7 @@ def double_writes(trace: list[dict], segsize: int) -> list[str]:
         elif k == "segment_completed":
             f = e["file"]
             whole.add(f)
+            streamed.add(f)
             if f in installed_under:
                 out.append(f"segment {f} written by two fetchers: the startup installed the archive's copy "
                            f"while the walreceiver was writing it, and the walreceiver completed it after")
@@ -92,13 +100,22 @@ def double_writes(trace: list[dict], segsize: int) -> list[str]:
             f = e["file"]
             if e.get("by") == "startup" and streaming_into == f[8:]:
                 installed_under[f] = e["t"]
+            if e.get("by") == "startup" and f in streamed:
+                over_streamed[f] = e["t"]
             whole.add(f)
         elif k == "restore_kept_private":
             installed_under.pop(e["file"], None)
+            over_streamed.pop(e["file"], None)
         elif k == "segment_replaced" and e["file"] in whole:
             out.append(f"segment {e['file']} was whole in pg_wal (restored or streamed) and the walreceiver "
                        f"replaced it with a new file while the startup could be reading it")
+    out += [_over_streamed(f) for f in over_streamed]
     return out
+
+
+def _over_streamed(f: str) -> str:
+    return (f"segment {f} written by two fetchers: the walreceiver had streamed it whole, then the startup "
+            f"installed the archive's copy over it")
 
 
 def _segment_at(lsn: int, segsize: int) -> str:

@@ -87,12 +87,16 @@ def _entries(kind: str, m: re.Match, t: float, server: str) -> list[dict]:
 
 
 def parse_log(path: Path, server: str = "standby") -> list[dict]:
-    out: list[dict] = []
     try:
         text = Path(path).read_text(errors="replace")
     except FileNotFoundError:
-        return out
-    for line in text.splitlines():
+        return []
+    return parse_lines(text.splitlines(), server)
+
+
+def parse_lines(lines: list[str], server: str = "standby") -> list[dict]:
+    out: list[dict] = []
+    for line in lines:
         m = LINE.match(line)
         if not m:
             continue

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg2
 
 from walswitch.compare.archive import Archive
-from walswitch.compare.pglog import pg_trace
+from walswitch.compare.pglog import parse_lines, pg_trace
 from walswitch.compare.scenario import Cluster
 from walswitch.compare.servers import (PGBIN, BenchError, Server, as_postgres, free_port, pg_basebackup, pg_init,
                                        pg_start, wait_for)
@@ -46,6 +46,8 @@ class PostgresSystem(System):
         super().__init__(base, cluster, "postgresql")
         self._conn = None        # the sampler's connection to the standby
         self.received: list[tuple[float, int]] = []
+        self._log_offset = 0                 # how far stream_news has read the standby's log
+        self._last_start: float | None = None
 
     def init_primary(self, archive: Archive) -> Server:
         c = self.cluster
@@ -98,6 +100,20 @@ class PostgresSystem(System):
         if r.returncode:
             raise BenchError(f"pg_ctl promote failed: {r.stderr.strip() or r.stdout.strip()}")
 
+    def kill(self, role: str, point: str = "") -> str:
+        """As System.kill; PostgreSQL stops the whole server when its startup process dies (after
+        PM_STARTUP a startup failure is not crash-restarted): start it again, as a supervisor would."""
+        pm = self.standby.postmaster_pid()
+        what = super().kill(role, point)
+        if role == "startup" and pm:
+            try:
+                wait_for(lambda: not server_processes(self.standby.datadir), 15, "the standby to stop")
+            except BenchError:
+                return what
+            self.start(self.standby)
+            what += "; the server stopped (startup process failure) and was started again"
+        return what
+
     def arm_kill(self, role: str, point: str) -> None:
         # No injection points in PostgreSQL: the kill happens now.
         self.kill(role)
@@ -133,6 +149,22 @@ class PostgresSystem(System):
     def streaming(self) -> bool:
         row = self._standby_query("SELECT status FROM pg_stat_wal_receiver")
         return bool(row) and row[0] == "streaming"
+
+    def stream_news(self) -> tuple[float | None, float | None]:
+        """The latest "started streaming WAL" of the standby's log (read on from where we stopped)."""
+        path = self.standby.datadir / "server.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._log_offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self._last_start, None
+        end = chunk.rfind(b"\n") + 1
+        self._log_offset += end
+        for e in parse_lines(chunk[:end].decode("utf-8", "replace").splitlines()):
+            if e["kind"] == "stream_start":
+                self._last_start = e["t"]
+        return self._last_start, None
 
     def events(self) -> list[dict]:
         others = {s.role: s.datadir / "server.log" for s in self.servers if s is not self.standby}

@@ -53,4 +53,4 @@ class Display:
             if keep:
                 self.console.log(text)
         else:
-            self.console.print(f"{stamp} {text}", highlight=False, markup=False)
+            self.console.print(f"{stamp} {text}", highlight=False, markup=False, soft_wrap=True)

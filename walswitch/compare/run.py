@@ -102,9 +102,14 @@ class Run:
         self.returns: list[dict] = []
         self.primary_up = True
         self.violations: list[str] = []
+        self.broken_at = 0.0             # when the last step that breaks streaming began
+        self.catch_ups: list[float] = []  # how long each `wait caught_up` took
 
     # ------------------------------------------------------------ the steps
     def do(self, step: Step) -> None:
+        if step.verb in ("primary", "link", "promote") or (step.verb == "kill" and not step.point):
+            if not (step.verb == "link" and step.action == "restore"):
+                self.broken_at = time.time()
         getattr(self, "step_" + step.verb)(step)
 
     def step_load(self, s: Step) -> None:
@@ -121,9 +126,11 @@ class Run:
 
     def step_wait(self, s: Step) -> None:
         if s.action == "streaming":
-            wait_for(self.system.streaming, self.c.timeout_s, "the standby to stream")
+            wait_for(self.streaming_again, self.c.timeout_s, "the standby to stream", interval=0.1)
         elif s.action == "caught_up":
+            t = time.time()
             self.wait_caught_up()
+            self.catch_ups.append(time.time() - t)
         else:
             time.sleep(s.seconds)      # the scenario's own duration
 
@@ -187,6 +194,15 @@ class Run:
         self.system.query(self.system.primary, "SELECT pg_switch_wal()")
 
     # ------------------------------------------------------------ around the steps
+    def streaming_again(self) -> bool:
+        """Streaming, and (re)started since the last step that could break it: a state read right
+        after a kill, a cut or a stop may still be the one from before."""
+        started, killed = self.system.stream_news()
+        broken = max(self.broken_at, killed or 0.0)
+        if broken and (started is None or started < broken):
+            return False
+        return self.system.streaming()
+
     def replayed(self) -> int:
         _rcv, rep = self.system.sample()
         return rep or 0
@@ -238,11 +254,12 @@ class Run:
                 t_catch = time.time()
                 try:
                     target = self.wait_caught_up()
-                    out["catch_up_s"] = round(time.time() - t_catch, 3)
+                    final = time.time() - t_catch
                 except BenchError as e:
-                    target = None
-                    out["catch_up_s"] = None
+                    target, final = None, None
                     self.violations.append(f"no catch-up: {e}")
+                catch_up = max(self.catch_ups) if self.catch_ups else final
+                out["catch_up_s"] = None if catch_up is None else round(catch_up, 3)
                 t_end = time.time()
                 self.check_data(target)
         except BenchError as e:

@@ -30,6 +30,7 @@ file and the step's index: one line, never a traceback.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -322,8 +323,7 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+    return json.dumps(str(v), ensure_ascii=False)   # a JSON string is a TOML basic string
 
 
 def dumps(sc: Scenario, comment: str = "") -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from utils.events import read_events
 from walswitch.compare.archive import Archive
 from walswitch.compare.scenario import Cluster
 from walswitch.compare.servers import (BenchError, Server, free_port, wait_for, ws, ws_basebackup, ws_init, ws_start,
@@ -119,6 +120,10 @@ class System:
     def arm_kill(self, role: str, point: str) -> None:
         raise NotImplementedError
 
+    def stream_news(self) -> tuple[float | None, float | None]:
+        """(time of the latest stream start, time of the latest kill at an injection point), None if none."""
+        raise NotImplementedError
+
     def leaks(self) -> list[str]:
         """After teardown: what any server of the run left behind."""
         problems = []
@@ -173,6 +178,7 @@ class System:
         else:
             procs = server_processes(self.standby.datadir, f"{self.title}: {role}")
         pids = sigkill(procs)
+        psutil.wait_procs(procs, timeout=self.cluster.timeout_s)
         if role == "postmaster" and pids:
             self.restart_after_postmaster_kill()
         return f"{role} killed (pid {', '.join(map(str, pids)) or 'none running'})"
@@ -265,6 +271,15 @@ class WalswitchSystem(System):
     def arm_kill(self, role: str, point: str) -> None:
         from utils.inject import arm
         arm(str(self.standby.datadir), point, "kill")
+
+    def stream_news(self) -> tuple[float | None, float | None]:
+        started = killed = None
+        for e in read_events(str(self.standby.datadir)):
+            if e.get("kind") == "walreceiver_connect":
+                started = e["ts"]
+            elif e.get("kind") == "inject":
+                killed = e["ts"]
+        return started, killed
 
     def disarm_all(self) -> None:
         import shutil

@@ -53,7 +53,7 @@ def _lsn(text: str | None) -> int | None:
 
 def _from_standby(e: dict) -> dict | None:
     k = e.get("kind")
-    base = {"t": e["ts"], "server": "standby"}
+    base = {"t": e["ts"], "server": "standby", "role": e.get("role")}
     if k == "recovery_state":
         return {**base, "kind": k, "to": e.get("to")}
     if k == "wal_source":
@@ -72,7 +72,7 @@ def _from_standby(e: dict) -> dict | None:
     if k == "crash_restart":
         return {**base, "kind": k}
     if k == "inject":
-        return {**base, "kind": k, "point": e.get("point"), "role": e.get("role")}
+        return {**base, "kind": k, "point": e.get("point")}
     return None
 
 
