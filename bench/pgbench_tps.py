@@ -19,7 +19,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from bench import common
+from walswitch.compare import servers
 from bench.common import PGBIN, BenchError, median, pg_primary, ratio, tempdir, walswitch_primary
 
 TITLE = "commits/s, pgbench -n -M simple|prepared -f (4 clients, -j 2, 1 INSERT per transaction, fsync on)"
@@ -82,11 +82,11 @@ def run(runs: int = 3, seconds: int = 10, warmup: int = 2) -> dict:
 @contextlib.contextmanager
 def code_root(path: Path):
     """Start walswitch servers from another checkout: ``python -m walswitch.cli`` runs with cwd = path."""
-    saved, common.ROOT = common.ROOT, path
+    saved, servers.CODE_ROOT = servers.CODE_ROOT, path
     try:
         yield
     finally:
-        common.ROOT = saved
+        servers.CODE_ROOT = saved
 
 
 def before_after(before: Path, runs: int = 3, seconds: int = 10, warmup: int = 2) -> dict:

@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print a table, write bench-results/<name>.json and summary.json.
 
-``python -m bench.run [name ...]`` runs some of them; names: pgbench, waldump, lag, catchup.
+``python -m bench.run [name ...]`` runs some of them; names: pgbench, waldump, lag, catchup, compare, soak.
 
 Every walswitch figure is the median of several runs and is quoted as a ratio (walswitch / PostgreSQL 15)
 against PostgreSQL 15 doing the same work, started by the benchmark in the same run on the same machine.
@@ -30,6 +30,7 @@ BENCHES = {
     "lag": "bench.replay_lag",
     "catchup": "bench.catchup",
     "compare": "bench.compare",
+    "soak": "bench.soak",
 }
 
 

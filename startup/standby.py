@@ -401,7 +401,7 @@ class Standby:
         self.ctx.events.emit("restore", file=fname, ok=res.ok, exit=res.exit_code, seconds=round(res.seconds, 4),
                              bytes=res.size, reason=res.reason, by="startup")
         if not res.ok:
-            self.failed_at[fname] = time.monotonic()
+            self.failed_at[fname] = min(time.monotonic() - res.seconds, self.last_round)  # from its round's start
             return False
         self.failed_at.pop(fname, None)
         self.restored_for[fname] = (self.fetch_pos, time.monotonic())

@@ -1,4 +1,4 @@
-"""``walswitch``: the command line (init, start, stop, status, promote, waldump, dump, basebackup).
+"""``walswitch``: the command line (init, start, stop, status, promote, waldump, dump, basebackup, compare, soak).
 
 Every error a user can cause is one line on stderr, ``walswitch <cmd>: error: ...``,
 and a non-zero exit; never a traceback.
@@ -376,7 +376,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-D", "--pgdata", dest="datadir", required=True)
     s.add_argument("-R", "--write-recovery-conf", action="store_true")
     s.set_defaults(func=cmd_basebackup)
+
+    s = sub.add_parser("compare", help="run scenarios on every approach (and PostgreSQL); table, JSON, PNG",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="scenario steps:\n" + _vocabulary())
+    s.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML files (scenarios/*.toml)")
+    s.add_argument("--approaches", metavar="LIST", help="comma-separated (default: all three)")
+    s.add_argument("--postgres", action="store_true", help="also run it on a real PostgreSQL 15 pair")
+    s.add_argument("--runs", type=int, default=1, help="runs per system; figures are medians (default 1)")
+    s.add_argument("--out", default="compare-results", help="directory for JSON and PNG (default compare-results)")
+    s.add_argument("--json", action="store_true", help="print the JSON document on stdout (tables go to stderr)")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("soak", help="random fault schedules on every approach, invariants checked after each")
+    s.add_argument("--schedules", type=int, default=20, help="schedules per approach (default 20)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the first schedule (default: random)")
+    s.add_argument("--approaches", metavar="LIST", help="comma-separated (default: all three)")
+    s.add_argument("-c", dest="settings", action="append", metavar="NAME=VALUE",
+                   help="a standby setting for every schedule (e.g. concurrent_guard=off)")
+    s.add_argument("--out", default="soak-results", help="directory for the JSON summary and replay files")
+    s.add_argument("--stop-at-first", action="store_true", help="stop at the first violation")
+    s.set_defaults(func=cmd_soak)
     return p
+
+
+def _vocabulary() -> str:
+    from walswitch.compare.scenario import VOCABULARY
+    return VOCABULARY
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from walswitch.compare.command import main as compare_main
+    return compare_main(args)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from walswitch.compare.soak import main as soak_main
+    return soak_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
