@@ -125,7 +125,7 @@ import time
 from shmem.states import WalRcvState, WalSource
 from shmem.sync import WaitSet
 from utils import config as cfgmod
-from utils import elog
+from utils import elog, lagtrace
 from utils.inject import InjectedError, inject
 from utils.proc import ChildContext, set_title
 from walreceiver.errors import Fatal, Panic, PostmasterDied, RestartRequested, RestoreFailed, StopRequested
@@ -214,6 +214,7 @@ class WalReceiver(ArchiveRestorer):
         self.wr = ctx.shared.walrcv
         self.latch = ctx.shared.latches["walreceiver"]
         self.startup_latch = ctx.shared.latches["startup"]
+        self.trace = lagtrace.start(ctx.datadir, "walreceiver", ctx.config)
         self.pg_wal = os.path.join(ctx.datadir, "pg_wal")
         self.cfg = ctx.config
         self.load_settings()
@@ -408,6 +409,7 @@ class WalReceiver(ArchiveRestorer):
 
     def cleanup(self) -> None:
         """WalRcvDie: restores cancelled, region STOPPED with pid 0, files closed, connection ended, startup woken."""
+        self.trace.flush()
         self.cancel_jobs(wait=True)
         for fd in self.files.values():
             try:
@@ -919,6 +921,8 @@ class WalReceiver(ArchiveRestorer):
 
     def sleep(self, ws, timeout: float) -> None:
         """Until input, our latch, a signal, death or timeout; or until the socket takes pending output."""
+        if self.trace.on:
+            self.trace.idle()
         timeout = max(0.0, timeout)
         assert self.conn is not None
         if self.conn.out:
@@ -957,6 +961,8 @@ class WalReceiver(ArchiveRestorer):
         n = end - off
         pos = start
         segsize = self.segsize
+        if self.trace.on:
+            self.trace.note("received", start + n)
         while n > 0:
             segno = pos // segsize
             seg_off = pos % segsize
@@ -984,6 +990,8 @@ class WalReceiver(ArchiveRestorer):
                 self.hook("after_write", lsn=format_lsn(pos))
             if seg_off + chunk == segsize:
                 self.completed.append(segno)
+        if self.trace.on:
+            self.trace.note("written", pos)
 
     def open_segment(self, segno: int) -> int:
         """The segment file to write segno into; ``writing_segno`` is published first (concurrent guard)."""
@@ -1039,9 +1047,13 @@ class WalReceiver(ArchiveRestorer):
                     raise Panic(f"could not fdatasync file \"{segment_name(self.tli, segno, self.segsize)}\": "
                                 f"{e.strerror}", reason="fsync failed") from None
         self.dirty.clear()
+        if self.trace.on:
+            self.trace.note("flushed", self.write_ptr)
         if self.armed:
             self.hook("after_flush", flushed=format_lsn(self.write_ptr))
         self.flush_ptr = self.write_ptr
+        if self.trace.on:
+            self.trace.note("published", self.flush_ptr)
         with self.wr.locked():
             cur = self.wr.get("flushed_lsn")
             # A refetch request not yet taken moved flushed_lsn back: leave it there.
@@ -1135,6 +1147,8 @@ class WalReceiver(ArchiveRestorer):
         self.last_reply_write = self.write_ptr
         self.last_reply_flush = self.flush_ptr
         apply = self.shared.recovery.get("replay_lsn")
+        if self.trace.on:
+            self.trace.note("reply_sent", apply)
         try:
             self.conn.send_status(self.write_ptr, self.flush_ptr, apply, pg_now(), request_reply)
         except ConnectionLost as e:
