@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -127,11 +126,6 @@ def one_run(primary, standby, script: Path, seconds: float, rate: int) -> dict:
             "visible_p99_ms": percentile(vis, 99) * 1000, "probe_errors": probe_errors[:5]}
 
 
-def _clear_trace(*datadirs: Path) -> None:
-    for d in datadirs:
-        shutil.rmtree(d / lagtrace.DIRNAME, ignore_errors=True)
-
-
 def run(rate: int = 200, runs: int = 3, seconds: float = 10.0, postgres: bool = True) -> dict:
     sample = max(1, rate // 200) if rate else 10
     trace_conf = {"lag_trace_sample": sample}
@@ -156,13 +150,12 @@ def run(rate: int = 200, runs: int = 3, seconds: float = 10.0, postgres: bool = 
                         wait_streaming(pgp)
                     try:
                         for _ in range(runs):
-                            _clear_trace(wsp.datadir, wss.datadir)
                             res["walswitch"].append(one_run(wsp, wss, script, seconds, rate))
-                            # The processes write their notes every half second: wait for the last ones.
-                            time.sleep(1.0)
-                            commits += lagtrace.complete(lagtrace.load([wsp.datadir, wss.datadir]))
                             if pgp is not None:
                                 res["postgresql"].append(one_run(pgp, pgs, script, seconds, rate))
+                        # Each process writes its notes when it goes idle, at least every half second.
+                        time.sleep(1.0)
+                        commits = lagtrace.complete(lagtrace.load([wsp.datadir, wss.datadir]))
                     finally:
                         if pgs_ctx is not None:
                             pgs_ctx.__exit__(None, None, None)

@@ -104,10 +104,10 @@ class LagTrace:
         data = b"".join(_NOTE.pack(*n) for n in notes)
         try:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            except FileNotFoundError:       # someone cleared the trace directory: start it again
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            except FileNotFoundError:       # someone cleared the trace directory: start the file again
                 self.path.parent.mkdir(mode=0o700, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
                 os.write(fd, _HEAD.pack(MAGIC, time.monotonic_ns(), time.time_ns()))
             try:
                 os.write(fd, data)

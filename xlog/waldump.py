@@ -122,18 +122,12 @@ def run(paths: list[str], out) -> int:  # type: ignore[no-untyped-def]
     if found is None:
         # As pg_waldump, also when the files end inside a record that began earlier.
         raise _Fatal(f"could not find a valid record after {format_lsn(start)}")
-    lines: list[str] = []
     fmt = LineFormatter()
     while True:
-        rec = reader.read_record()
-        if rec is None:
+        recs = reader.read_records(4096)     # the replay fast path: records whole on a checked page
+        if not recs:
             break
-        lines.append(fmt(rec))
-        if len(lines) >= 4096:
-            out.write("\n".join(lines) + "\n")
-            lines.clear()
-    if lines:
-        out.write("\n".join(lines) + "\n")
+        out.write("\n".join(map(fmt, recs)) + "\n")
     out.flush()
     if reader.error is None:
         return 0
