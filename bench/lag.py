@@ -175,9 +175,20 @@ def run(rate: int = 200, runs: int = 3, seconds: float = 10.0, postgres: bool = 
                              ("tps", "commits/s", "higher")):
         rows.append({"metric": f"{label} at {rate or 'full load'}/s", "walswitch": w[m], "postgresql": p[m],
                      "ratio": ratio(w[m], p[m]), "better": better})
-    return {"title": TITLE, "rate": rate, "runs_per_system": runs, "seconds": seconds, "trace_sample": sample,
-            "standby_settings": STANDBY_CONF, "runs": res, "median": summary, "rows": rows,
-            "stages": stages, "traced_commits": len(commits)}
+    doc = {"title": TITLE, "rate": rate, "runs_per_system": runs, "seconds": seconds, "trace_sample": sample,
+           "standby_settings": STANDBY_CONF, "runs": res, "median": summary, "rows": rows,
+           "stages": stages, "traced_commits": len(commits)}
+    doc["table"] = stage_text(doc)
+    return doc
+
+
+def stage_text(doc: dict) -> str:
+    lines = [f"   walswitch stages ({doc['traced_commits']} traced commits; time from the previous stage)",
+             f"   {'stage':28} {'p50 ms':>8} {'p99 ms':>8} {'share':>6}"]
+    for s in doc["stages"]:
+        share = "" if s["share"] != s["share"] else f"{s['share'] * 100:5.1f}%"
+        lines.append(f"   {s['stage']:28} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f} {share:>6}")
+    return "\n".join(lines)
 
 
 def print_report(doc: dict) -> None:
@@ -186,11 +197,8 @@ def print_report(doc: dict) -> None:
     print(f"{'metric':34} {'walswitch':>10} {'PG 15':>10} {'ratio':>7}")
     for r in doc["rows"]:
         print(f"{r['metric']:34} {r['walswitch']:10.3f} {r['postgresql']:10.3f} {r['ratio']:7.2f}")
-    print(f"\nwalswitch stages ({doc['traced_commits']} traced commits; time from the previous stage)")
-    print(f"{'stage':28} {'p50 ms':>8} {'p99 ms':>8} {'share':>6}")
-    for s in doc["stages"]:
-        share = "" if s["share"] != s["share"] else f"{s['share'] * 100:5.1f}%"
-        print(f"{s['stage']:28} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f} {share:>6}")
+    print()
+    print(stage_text(doc))
 
 
 def main() -> int:
