@@ -18,8 +18,7 @@ latch; it drains ``shared.latches['backend']`` each round.
 What it owns: the WalWriter (on a primary), the key/value store's write
 connection, xid assignment, the sessions.  Group commit
 (backend/groupcommit.py): within one loop round every session that commits
-only inserts its commit record; then one fdatasync (inline, or in the WAL
-writer's helper thread while other clients are served), publication of
+only inserts its commit record; then one fdatasync, publication of
 insert/write/flush positions in ``shared.xlog`` with the walsender latches
 set, one SQLite transaction applying the commits (``apply_many``), and only
 then the CommandCompletes go out.  A commit is never acknowledged before
@@ -103,7 +102,6 @@ class Backend(GroupCommit, Engine):
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
         self.trace = lagtrace.start(self.datadir, "backend", self.config)
-        self.walsync_fd: int | None = None   # the WAL writer's background-flush pipe, once registered
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -521,8 +519,6 @@ class Backend(GroupCommit, Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
-                elif data == "walsync":
-                    pass    # a background flush ended: group_commit collects it
                 elif isinstance(data, Relay):
                     if mask & selectors.EVENT_READ and not data.closed:
                         data.on_readable()
@@ -568,9 +564,7 @@ class Backend(GroupCommit, Engine):
         log.debug("backend: promoted in place, WAL inserter at %s", format_lsn(self.writer.insert_lsn))
 
     def loop_timeout(self) -> float:
-        if self.commit_queue and not (self.writer is not None and self.writer.flush_in_flight):
-            return 0.0
-        return LOOP_TIMEOUT
+        return 0.0 if self.commit_queue else LOOP_TIMEOUT
 
     def postmaster_died(self) -> bool:
         try:
@@ -663,10 +657,6 @@ class Backend(GroupCommit, Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
-        if self.walsync_fd is not None:
-            with contextlib.suppress(Exception):
-                self.sel.unregister(self.walsync_fd)
-            self.walsync_fd = None
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
