@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 from backend import checkpoint as ckpt
+from backend.activity import Activity
 from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
@@ -330,12 +331,40 @@ class Backend(Engine):
 
     def cancel_request(self, pid: int, key: int) -> None:
         """CancelRequest: cancel the running statement of the session with this (pid, key)."""
-        if pid != os.getpid():
-            return
-        for conn in list(self.conns.values()):
-            if conn.cancel_key == key and conn.session is not None:
+        conn = self.session_by_pid(pid)
+        if conn is not None and conn.cancel_key == key:
+            conn.request_interrupt("57014", "canceling statement due to user request")
+
+    def session_by_pid(self, pid: int) -> Connection | None:
+        for conn in self.conns.values():
+            if conn.pid == pid and conn.session is not None and not conn.closed:
+                return conn
+        return None
+
+    def activity(self) -> list[Activity]:
+        """pg_stat_activity: the sessions of this loop, then the walsenders (from shared memory)."""
+        out = [a for a in (c.activity() for c in self.conns.values()) if a is not None]
+        for slot in self.shared.walsnd:
+            s = slot.read()
+            if s["pid"]:
+                out.append(Activity(
+                    pid=s["pid"], usename=None, superuser=True, datname=None,
+                    application_name=s["application_name"], client_addr=s["client_addr"] or None,
+                    client_port=s["client_port"] if s["client_addr"] else None,
+                    backend_start_us=s["backend_start_us"] or None, state="active", backend_type="walsender"))
+        return out
+
+    def signal_backend(self, pid: int, terminate: bool) -> None:
+        conn = self.session_by_pid(pid)
+        if conn is not None:
+            if terminate:
+                conn.terminate()
+            else:
                 conn.request_interrupt("57014", "canceling statement due to user request")
-                return
+        elif terminate:
+            # A walsender: a real process; SIGTERM ends it (after what it streams is sent).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
 
     def check_statement_timeouts(self) -> None:
         now = time.monotonic()

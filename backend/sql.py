@@ -24,11 +24,12 @@ syntax error anywhere means no statement of the string executes.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend import roles
+from backend import activity, roles
 from backend.functions import (
     FUNCS, REL_COLUMNS, FuncDef, resolve_relation, stat_replication_rows, stat_wal_receiver_rows
 )
@@ -84,6 +85,14 @@ class Engine:
     def request_reload(self) -> None:
         raise NotImplementedError
 
+    def activity(self) -> "list[activity.Activity]":
+        """The sessions and walsenders for pg_stat_activity."""
+        return []
+
+    def signal_backend(self, pid: int, terminate: bool) -> None:
+        """Cancel the running statement of (or terminate) the session or walsender ``pid``."""
+        raise NotImplementedError
+
     def timeline(self) -> int:
         return 1
 
@@ -131,6 +140,15 @@ class Session:
         self.capture: Any = None                     # the portal collecting results (backend/extended.py)
         self.bound: list[Value] | None = None        # $n values of the portal being executed
         self.bound_types: list[int] | None = None    # their declared types (0: not given)
+        # pg_stat_activity: the statement running or last run, and when (µs since the epoch)
+        self.query = ""
+        self.query_start_us: int | None = None
+        self.state_change_us: int | None = None
+        self.xact_start_us: int | None = None
+
+    def check_interrupts(self) -> None:
+        """CHECK_FOR_INTERRUPTS: the connection replaces this with its own (raises 57014, or
+        waits.Terminate); the executor calls it before results go out and between statements."""
 
     # -- protocol output
     def send(self, data: bytes) -> None:
@@ -212,6 +230,7 @@ class Session:
 
         ``stmts``: already parsed (the backend parses very large statements off its loop).
         """
+        self.note_query(sql)
         try:
             stmts = parse(sql) if stmts is None else stmts
         except SQLError as e:
@@ -228,6 +247,7 @@ class Session:
                         raise SQLError("25P02", "current transaction is aborted, commands ignored "
                                                 "until end of transaction block")
                     yield from self.execute(st)
+                    self.check_interrupts()
                     if not self.block and not self._implicit:
                         yield from self._commit()
                 except SQLError as e:
@@ -237,6 +257,15 @@ class Session:
                 yield from self._commit()
         finally:
             self._implicit = False
+
+    def note_query(self, sql: str) -> None:
+        """A statement starts (pg_stat_activity's query, query_start, xact_start)."""
+        now = time.time_ns() // 1000
+        # track_activity_query_size (1024): the first 1023 bytes, as PostgreSQL keeps them
+        self.query = sql if len(sql) < 256 else sql.encode()[:1023].decode(errors="ignore")
+        self.query_start_us = self.state_change_us = now
+        if not self.block:
+            self.xact_start_us = now
 
     def _fail(self, e: SQLError) -> None:
         self.send(e.encode())
@@ -612,6 +641,7 @@ class Session:
         else:
             raw = stat_replication_rows(self.engine.shared) if rel == "pg_stat_replication" \
                 else roles.view_rows(self, rel) if rel in roles.VIEW_COLUMNS \
+                else activity.view_rows(self, self.engine.activity()) if rel == "pg_stat_activity" \
                 else stat_wal_receiver_rows(self.engine.shared)
             names = [c for c, _ in REL_COLUMNS[rel]]
             src_rows = [dict(zip(names, r)) for r in raw]
@@ -641,6 +671,7 @@ class Session:
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
+        self.check_interrupts()       # a cancel or terminate that this very statement sent lands here
         self.result_columns(cols)
         for vals in out_rows:
             self.result_row(vals)
@@ -698,6 +729,8 @@ class Session:
             if fd is None:
                 self._unknown_function(e, None)
             self._check_arity(e, fd)
+            if fd.blocking and fd.nowait is not None:
+                return fd.nowait(self, [self.eval(a, row) for a in e.args])
             if fd.blocking:
                 raise SQLError("0A000", f"{e.name}() can only be called at the top level of a SELECT list")
             return fd.impl(self, [self.eval(a, row) for a in e.args])

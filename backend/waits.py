@@ -3,7 +3,9 @@
 A Query or Execute runs as a generator (backend/sql.py ``Session.run``); it yields a ``Wait`` whenever it
 must not go on before something happens elsewhere: ``CommitWait`` until its commit record is flushed and
 applied (group commit, backend/backend.py), ``Until`` until a condition holds or a deadline passes
-(pg_sleep, pg_promote).  ``Panic`` is a WAL or store failure: the backend exits and crash recovery repairs.
+(pg_sleep, pg_promote; a long statement's pause with a past deadline, to let the loop serve the others).
+``Terminate`` ends the session that runs (its own pg_terminate_backend).  ``Panic`` is a WAL or store
+failure: the backend exits and crash recovery repairs.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ from typing import Any
 
 class Panic(Exception):
     """WAL or store failure: the backend must exit so that crash recovery repairs it."""
+
+
+class Terminate(Exception):
+    """pg_terminate_backend of the running session itself: FATAL 57P01 and the connection closes."""
 
 
 class Wait:
