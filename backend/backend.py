@@ -45,7 +45,7 @@ from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
 from backend.tlsrelay import Relay
-from backend.waits import CommitWait, Panic
+from backend.waits import CommitWait, Panic, Until
 from libpq import protocol as P
 from libpq import tls as tls_mod
 from libpq.hba import HbaError, HbaRules, load_hba
@@ -627,7 +627,18 @@ class Backend(Engine):
         log.debug("backend: promoted in place, WAL inserter at %s", format_lsn(self.writer.insert_lsn))
 
     def loop_timeout(self) -> float:
-        return 0.0 if self.commit_queue else LOOP_TIMEOUT
+        """0 with commits to finish; else until the soonest sleeper is due (a long statement's
+        pause is due at once), at most LOOP_TIMEOUT."""
+        if self.commit_queue:
+            return 0.0
+        timeout = LOOP_TIMEOUT
+        if self.sleepers:
+            now = time.monotonic()
+            for conn in self.sleepers:
+                w = conn.wait
+                if isinstance(w, Until):
+                    timeout = min(timeout, max(0.0, w.deadline - now))
+        return timeout
 
     def postmaster_died(self) -> bool:
         try:

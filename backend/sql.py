@@ -119,6 +119,14 @@ class Txn:
 # ---------------------------------------------------------------------------
 # the session
 
+# Work a statement does between two pauses (the added latency one long statement can cause the others).
+PAUSE_EVERY = 0.01
+
+
+def _due() -> bool:
+    return True
+
+
 SHOW_ALL_COLUMNS = [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
 
 class Session:
@@ -145,6 +153,15 @@ class Session:
         self.query_start_us: int | None = None
         self.state_change_us: int | None = None
         self.xact_start_us: int | None = None
+        self.pause_at = float("inf")     # monotonic time of the running statement's next pause()
+
+    def pause(self) -> Generator[Wait, None, None]:
+        """A long statement's breath: check for interrupts, then yield to the backend's loop (an
+        ``Until`` already due) so that the other sessions' messages and commits go on meanwhile; a
+        CancelRequest or statement_timeout is thrown in here.  Callers check ``pause_at`` first."""
+        self.check_interrupts()
+        yield Until(_due, 0.0)
+        self.pause_at = time.monotonic() + PAUSE_EVERY
 
     def check_interrupts(self) -> None:
         """CHECK_FOR_INTERRUPTS: the connection replaces this with its own (raises 57014, or
@@ -264,6 +281,7 @@ class Session:
         # track_activity_query_size (1024): the first 1023 bytes, as PostgreSQL keeps them
         self.query = sql if len(sql) < 256 else sql.encode()[:1023].decode(errors="ignore")
         self.query_start_us = self.state_change_us = now
+        self.pause_at = time.monotonic() + PAUSE_EVERY
         if not self.block:
             self.xact_start_us = now
 
@@ -277,11 +295,11 @@ class Session:
         if isinstance(st, Select):
             yield from self.exec_select(st)
         elif isinstance(st, Insert):
-            self.exec_insert(st)
+            yield from self.exec_insert(st)
         elif isinstance(st, Delete):
-            self.exec_delete(st)
+            yield from self.exec_delete(st)
         elif isinstance(st, Update):
-            self.exec_update(st)
+            yield from self.exec_update(st)
         elif isinstance(st, Begin):
             self.exec_begin(st)
         elif isinstance(st, Commit):
@@ -431,7 +449,7 @@ class Session:
         self.engine.log_change(txn, op, key, value)
         txn.add(op, key, value)
 
-    def exec_insert(self, st: Insert) -> None:
+    def exec_insert(self, st: Insert) -> Generator[Wait, None, None]:
         rel = resolve_relation(st.table)
         if rel != "kv":
             raise SQLError("42809", f'cannot insert into view "{rel}"')
@@ -456,6 +474,8 @@ class Session:
                 raise SQLError("23502", 'null value in column "key" of relation "kv" violates not-null constraint',
                                detail=f"Failing row contains ({vals}).")
             rows.append((rec["key"], rec["value"]))
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         txn = self._check_writable("INSERT")
         n = 0
         for key, value in rows:
@@ -463,9 +483,11 @@ class Session:
                 continue
             self._write(txn, "put", key, value)
             n += 1
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"INSERT 0 {n}")
 
-    def _matching_keys(self, where: Expr | None) -> list[tuple[str, str | None]]:
+    def _matching_keys(self, where: Expr | None) -> Generator[Wait, None, list[tuple[str, str | None]]]:
         key = _key_equality(where)
         if key is not None:
             found, value = self.kv_lookup(key)
@@ -474,20 +496,24 @@ class Session:
         for k, v in self.kv_rows():
             if where is None or self._truthy(self.eval(where, {"key": (k, TEXT), "value": (v, TEXT)})):
                 out.append((k, v))
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         return out
 
-    def exec_delete(self, st: Delete) -> None:
+    def exec_delete(self, st: Delete) -> Generator[Wait, None, None]:
         rel = resolve_relation(st.table)
         if rel != "kv":
             raise SQLError("42809", f'cannot delete from view "{rel}"')
         self._check_columns(st.where, "kv")
-        matched = self._matching_keys(st.where)
+        matched = yield from self._matching_keys(st.where)
         txn = self._check_writable("DELETE")
         for k, _v in matched:
             self._write(txn, "delete", k, None)
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"DELETE {len(matched)}")
 
-    def exec_update(self, st: Update) -> None:
+    def exec_update(self, st: Update) -> Generator[Wait, None, None]:
         rel = resolve_relation(st.table)
         if rel != "kv":
             raise SQLError("55000", f'cannot update view "{rel}"')
@@ -495,7 +521,7 @@ class Session:
             if col not in ("key", "value"):
                 raise SQLError("42703", f'column "{col}" of relation "kv" does not exist')
         self._check_columns(st.where, "kv")
-        matched = self._matching_keys(st.where)
+        matched = yield from self._matching_keys(st.where)
         txn = self._check_writable("UPDATE")
         for k, v in matched:
             row = {"key": (k, TEXT), "value": (v, TEXT)}
@@ -507,6 +533,8 @@ class Session:
             if new["key"] != k:
                 self._write(txn, "delete", k, None)
             self._write(txn, "put", new["key"], new["value"])
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"UPDATE {len(matched)}")
 
     # -- SELECT
@@ -646,7 +674,13 @@ class Session:
             names = [c for c, _ in REL_COLUMNS[rel]]
             src_rows = [dict(zip(names, r)) for r in raw]
         if st.where is not None:
-            src_rows = [r for r in src_rows if self._truthy(self.eval(st.where, r))]
+            kept = []
+            for r in src_rows:
+                if self._truthy(self.eval(st.where, r)):
+                    kept.append(r)
+                if time.monotonic() >= self.pause_at:
+                    yield from self.pause()
+            src_rows = kept
         if aggregate:
             out_rows = [[self._aggregate(e, src_rows) for e in exprs]]
         else:
@@ -671,10 +705,14 @@ class Session:
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
+                if time.monotonic() >= self.pause_at:
+                    yield from self.pause()
         self.check_interrupts()       # a cancel or terminate that this very statement sent lands here
         self.result_columns(cols)
         for vals in out_rows:
             self.result_row(vals)
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"SELECT {len(out_rows)}")
 
     def _aggregate(self, e: Expr, rows: list[dict[str, Value]]) -> Value:
