@@ -36,6 +36,7 @@ from backend.extended import Extended
 from backend.nodes import Stmt
 from backend.parse import parse
 from backend.sql import Session
+from backend.startup_options import startup_settings
 from backend.tlsrelay import Relay
 from backend.waits import CommitWait, Panic, Terminate, Until, Wait
 from libpq import protocol as P
@@ -289,7 +290,14 @@ class Connection:
         if refusal is not None:
             self.fatal("53300", refusal)
             return
+        try:
+            settings = startup_settings(pkt.params, role.superuser)
+        except SQLError as e:
+            log.info("%s", e.message)
+            self.fatal(e.sqlstate, e.message)
+            return
         self.session = Session(b, self.pid, pkt.params)
+        self.session.gucs.update(settings)
         self.session.role = role
         self.session.check_interrupts = self.check_interrupts
         self.extended = Extended(self.session)
