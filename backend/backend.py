@@ -491,9 +491,10 @@ class Backend(Engine):
         overrides = [(k, str(v)) for k, v in self.config.values.items()
                      if self.config.sources.get(k) == "command line"]
         try:
-            self.config = cfgmod.load(self.datadir, overrides)
+            self.config = cfgmod.load(self.datadir, overrides, previous=self.config)
         except cfgmod.ConfigError as e:
-            log.error("configuration file was not reloaded: %s", e)
+            # The postmaster logs the file's errors (PostgreSQL's children report them at DEBUG2).
+            log.debug("configuration file was not reloaded: %s", e)
             return
         try:
             self.load_tls()

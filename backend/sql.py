@@ -366,7 +366,7 @@ class Session:
             "server_version": "15.0", "server_version_num": "150000", "wal_level": "replica",
             "in_hot_standby": "on" if eng.in_recovery() else "off", "search_path": '"$user", public',
             "application_name": self.params.get("application_name", ""),
-            "data_directory": eng.datadir, "lc_messages": "C", "lc_collate": "C", "lc_ctype": "C",
+            "data_directory": eng.datadir, "data_directory_mode": _directory_mode(eng.datadir), "lc_messages": "C", "lc_collate": "C", "lc_ctype": "C",
             "wal_segment_size": _format_bytes(eng.segsize()), "full_page_writes": "on",
         }
         if special.get(name) is not None:
@@ -906,6 +906,16 @@ def _key_equality(where: Expr | None) -> str | None:
                 isinstance(other.expr, Const) and other.typename in ("text", "varchar"):
             return as_text((other.expr.value, other.expr.oid))
     return None
+
+
+def _directory_mode(path: str) -> str | None:
+    """SHOW data_directory_mode: the data directory's permission bits as PostgreSQL prints them (0700)."""
+    if not path:
+        return None
+    try:
+        return f"{os.stat(path).st_mode & 0o777:04o}"
+    except OSError:
+        return None
 
 
 def _format_bytes(n: int) -> str:
