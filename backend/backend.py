@@ -37,6 +37,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable, Generator
 from typing import Any
 
 from backend import checkpoint as ckpt
@@ -45,7 +46,7 @@ from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
 from backend.tlsrelay import Relay
-from backend.waits import CommitWait, Panic, Until
+from backend.waits import CommitWait, Panic, ThreadJob, Until, Wait
 from libpq import protocol as P
 from libpq import tls as tls_mod
 from libpq.hba import HbaError, HbaRules, load_hba
@@ -78,6 +79,7 @@ class Backend(Engine):
         self.commit_queue: list[tuple[Connection, CommitWait]] = []
         self.unapplied: list[CommitWait] = []
         self.sleepers: list[Connection] = []
+        self.auth_waiters: list[Connection] = []     # a password check (PBKDF2) runs in a thread
         self.shutdown_mode: str | None = None
         self.reload_pending = False
         self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
@@ -188,6 +190,12 @@ class Backend(Engine):
             self.bump_checkpoint_request()
             return
         ckpt.create_checkpoint(self, "immediate force wait")
+
+    def offload(self, fn: Callable[[], Any]) -> Generator[Wait, None, Any]:
+        """``fn`` in a thread; the statement waits for it (cancellably) while the loop goes on."""
+        job = ThreadJob(fn, self.wake, "offload")
+        yield Until(job.done.is_set, float("inf"))
+        return job.value()
 
     def bump_checkpoint_request(self) -> None:
         pm = self.shared.pm
@@ -595,6 +603,8 @@ class Backend(Engine):
                     if mask & selectors.EVENT_WRITE and not conn.closed:
                         conn.flush_out()
             self.group_commit()
+            if self.auth_waiters:
+                self.auth_waiters = [c for c in self.auth_waiters if not c.auth_check_done()]
             self.wake_sleepers()
             self.check_statement_timeouts()
             self.group_commit()

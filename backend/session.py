@@ -38,7 +38,7 @@ from backend.parse import parse
 from backend.sql import Session
 from backend.startup_options import startup_settings
 from backend.tlsrelay import Relay
-from backend.waits import CommitWait, Panic, Terminate, Until, Wait
+from backend.waits import CommitWait, Panic, Terminate, ThreadJob, Until, Wait
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
 from libpq.tls import TLSChannel
@@ -50,6 +50,7 @@ from utils import elog
 class ConnectionOwner(Protocol):
     """What a connection needs of the loop that owns it (backend/backend.py's Backend)."""
     sleepers: list["Connection"]
+    auth_waiters: list["Connection"]
 
     def queue_commit(self, conn: "Connection", wait: CommitWait) -> None: ...
 
@@ -109,6 +110,7 @@ class Connection:
         self.interrupt: SQLError | None = None
         self.registered_mask = 0
         self.auth: ClientAuth | None = None   # between StartupMessage and AuthenticationOk
+        self.auth_job: ThreadJob | None = None   # its password check (PBKDF2) running in a thread
         self.role: RoleInfo | None = None     # the authenticated role
 
     # ------------------------------------------------------------ helpers
@@ -124,7 +126,7 @@ class Connection:
         if self.relay is not None:
             return self.relay.client_wants_read()
         return (not self.closed and not self.close_after_flush and self.gen is None
-                and len(self.out) < MAX_PENDING_OUTPUT)
+                and self.auth_job is None and len(self.out) < MAX_PENDING_OUTPUT)
 
     def fatal(self, sqlstate: str, message: str) -> None:
         """FATAL to the client, then close once it is sent."""
@@ -242,13 +244,34 @@ class Connection:
                                b.config["password_encryption"], self.peer_cert_cn)
         self.auth_step(self.auth.begin())
 
+    def auth_check_done(self) -> bool:
+        """The loop's poll of a password check in its thread; True once handled."""
+        job = self.auth_job
+        if job is None or self.closed:
+            self.auth_job = None
+            return True
+        if not job.done.is_set():
+            return False
+        self.auth_job = None
+        if self.auth is None:
+            return True
+        try:
+            ok = bool(job.value())
+        except Exception as e:  # noqa: BLE001 - a failed check is a failed login
+            log.error("password check failed: %s", e)
+            ok = False
+        self.auth_step(self.auth.complete(ok))
+        if self.state == ConnState.READY:
+            self.process_messages()
+        return True
+
     def process_auth(self) -> None:
         if len(self.reader.buf) > MAX_AUTH_MESSAGE:
             # PostgreSQL reads authentication messages with a 64 kB limit (PG_MAX_AUTH_TOKEN_LENGTH).
             self.auth = None
             self.fatal("08P01", "invalid message length")
             return
-        while self.auth is not None and not self.close_after_flush:
+        while self.auth is not None and self.auth_job is None and not self.close_after_flush:
             m = self.reader.next()
             if m is None:
                 return
@@ -261,6 +284,11 @@ class Connection:
         self.out += a.out
         a.out.clear()
         if outcome is None:
+            check = a.deferred
+            if check is not None and self.auth_job is None:
+                # PBKDF2 releases the GIL: the loop serves the others meanwhile (auth_check_done).
+                self.auth_job = ThreadJob(check, self.backend.wake, "password")
+                self.backend.auth_waiters.append(self)
             return
         pkt = a.pkt
         self.auth = None

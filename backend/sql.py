@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from backend.parse import parse
 from backend.values import as_bool, as_int, as_lsn, as_text, cast, to_text, type_name
 from backend.waits import CommitWait, Panic, Until, Wait  # noqa: F401 - Panic and Until re-exported for callers
 from libpq import protocol as P
+from libpq import scram
 from libpq.protocol import SQLError
 from utils.config import READ_ONLY, SETTINGS
 
@@ -92,6 +93,12 @@ class Engine:
     def signal_backend(self, pid: int, terminate: bool) -> None:
         """Cancel the running statement of (or terminate) the session or walsender ``pid``."""
         raise NotImplementedError
+
+    def offload(self, fn: Callable[[], Any]) -> Generator[Wait, None, Any]:
+        """Run ``fn`` (C code that releases the GIL) without holding up other sessions; the backend
+        runs it in a thread and waits (cancellably).  Here, with no loop to keep going: inline."""
+        return fn()
+        yield  # pragma: no cover - makes this a generator
 
     def timeline(self) -> int:
         return 1
@@ -154,6 +161,7 @@ class Session:
         self.state_change_us: int | None = None
         self.xact_start_us: int | None = None
         self.pause_at = float("inf")     # monotonic time of the running statement's next pause()
+        self.verifier_cache: dict[str, str] = {}    # password -> SCRAM secret made off the loop (roles.py)
 
     def pause(self) -> Generator[Wait, None, None]:
         """A long statement's breath: check for interrupts, then yield to the backend's loop (an
@@ -311,7 +319,14 @@ class Session:
         elif isinstance(st, SetStmt):
             self.exec_set(st)
         elif isinstance(st, RoleStmt):
-            self.complete(roles.run_role_sql(self, st.text))
+            plain = roles.passwords_to_hash(self, st.text)
+            if plain:
+                self.verifier_cache = yield from self.engine.offload(
+                    lambda: {p: scram.make_verifier(p).encode() for p in plain})
+            try:
+                self.complete(roles.run_role_sql(self, st.text))
+            finally:
+                self.verifier_cache = {}
         elif isinstance(st, Checkpoint):
             roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()

@@ -9,6 +9,8 @@ failure: the backend exits and crash recovery repairs.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,5 +40,36 @@ class Until(Wait):
     """Resume once ``pred()`` is true or the monotonic ``deadline`` passed."""
     pred: Callable[[], bool]
     deadline: float
+
+
+class ThreadJob:
+    """``fn()`` in a daemon thread, for work whose C code releases the GIL (PBKDF2, pglast's parser):
+    ``done`` is set and ``wake()`` called (the backend's self-pipe) once ``result`` or ``error`` is
+    ready.  ``fn`` must touch no state the loop uses."""
+
+    def __init__(self, fn: Callable[[], Any], wake: Callable[[], None], name: str = "job"):
+        self.fn: Callable[[], Any] | None = fn
+        self.wake = wake
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        try:
+            assert self.fn is not None
+            self.result = self.fn()
+        except Exception as e:  # noqa: BLE001 - handed to the waiter
+            self.error = e
+        finally:
+            self.fn = None
+            self.done.set()
+            with contextlib.suppress(Exception):
+                self.wake()
+
+    def value(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
