@@ -42,7 +42,6 @@ from typing import Any
 
 from backend import checkpoint as ckpt
 from backend.activity import Activity
-from backend.applier import BIG_BATCH, Applier, batch_bytes
 from backend.fdbudget import FdBudget
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
@@ -86,8 +85,6 @@ class Backend(Engine):
         self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
         self.writer: WalWriter | None = None
         self.store: KVStore | None = None
-        self.applier: Applier | None = None  # large batches' apply in a thread (primary, made on first use)
-        self.applying_upto = 0               # the WAL position its fdatasync makes durable
         self.hba: HbaRules | None = None     # pg_hba.conf; kept when a reload finds it bad
         self.next_full_xid = FIRST_NORMAL_XID
         self.ckpt_stats = ckpt.CheckpointStats()
@@ -250,13 +247,7 @@ class Backend(Engine):
         self.unapplied.append(w)
 
     def apply_pending(self) -> None:
-        """Flush WAL and apply every logged-but-unapplied commit (one SQLite transaction).  A batch
-        being applied in the applier's thread is waited for first; its sessions go back to the front
-        of the commit queue (answered by the next group_commit, never from here)."""
-        if self.applier is not None and self.applier.busy:
-            self.commit_queue[:0] = self.applier.poll(block=True) or []
-            self._writer().end_flush(self.applying_upto)
-            self.publish()
+        """Flush WAL and apply every logged-but-unapplied commit (one SQLite transaction)."""
         if not self.unapplied:
             return
         batch, self.unapplied = self.unapplied, []
@@ -273,36 +264,11 @@ class Backend(Engine):
         self.publish()
 
     def group_commit(self) -> None:
-        if self.applier is not None and self.applier.busy:
-            done = self.applier.poll()
-            if done is None:
-                return              # a large batch is being applied; later commits wait behind it
-            self._writer().end_flush(self.applying_upto)
-            self.publish()
-            for conn, _w in done:
-                conn.after_commit()
         while self.commit_queue:
-            if self.writer is not None and batch_bytes(self.unapplied) >= BIG_BATCH:
-                self.apply_in_thread()
-                return
             self.apply_pending()
             batch, self.commit_queue = self.commit_queue, []
             for conn, _w in batch:
                 conn.after_commit()
-
-    def apply_in_thread(self) -> None:
-        """Write WAL here; fdatasync it and apply the (large) batch in the applier's thread
-        (backend/applier.py); the sessions are answered once both are done."""
-        w = self._writer()
-        batch, self.unapplied = self.unapplied, []
-        waiting, self.commit_queue = self.commit_queue, []
-        try:
-            self.applying_upto, fds = w.begin_flush()
-        except OSError as e:
-            raise Panic(f"could not write to WAL: {e}") from e
-        if self.applier is None:
-            self.applier = Applier(kv_path(self.datadir))
-        self.applier.start(batch, waiting, w.tli, fds, self.wake)
 
     def publish(self) -> None:
         """Positions to shared memory, then wake the walsenders."""
@@ -676,7 +642,7 @@ class Backend(Engine):
     def loop_timeout(self) -> float:
         """0 with commits to finish; else until the soonest sleeper is due (a long statement's
         pause is due at once), at most LOOP_TIMEOUT."""
-        if self.commit_queue and not (self.applier is not None and self.applier.busy):
+        if self.commit_queue:
             return 0.0
         timeout = LOOP_TIMEOUT
         if self.sleepers:
@@ -784,15 +750,9 @@ class Backend(Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
-        if self.applier is not None and self.applier.busy:
-            with contextlib.suppress(Exception):
-                self.applier.poll(block=True)      # its fdatasync uses the writer's descriptors
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
-        if self.applier is not None:
-            with contextlib.suppress(Exception):
-                self.applier.close()
         if self.store is not None:
             self.store.close()
         self.fds.close()

@@ -317,23 +317,11 @@ class WalWriter:
         Then reports each segment that is now complete and durable, oldest
         first, to on_segment_complete(segno, path).
         """
-        upto, fds = self.begin_flush()
-        for fd in fds:
-            os.fdatasync(fd)
-        return self.end_flush(upto)
-
-    def begin_flush(self) -> tuple[int, list[int]]:
-        """The first half of flush() for a caller that runs the fdatasyncs elsewhere (a thread):
-        write(), then (the position they make durable, the descriptors to fdatasync).  Until
-        end_flush(position) the caller must not flush() or close() (that could close one of them)."""
         self.write()
-        fds = [self._fds[segno] for segno in sorted(self._dirty)]
+        for segno in sorted(self._dirty):
+            os.fdatasync(self._fds[segno])
         self._dirty.clear()
-        return self._written, fds
-
-    def end_flush(self, upto: int) -> int:
-        """The second half: WAL up to ``upto`` is durable; report the segments now complete."""
-        self._flushed = max(self._flushed, upto)
+        self._flushed = self._written
         while (self._next_report + 1) * self.segsize <= self._flushed:
             segno = self._next_report
             fd = self._fds.pop(segno, None)
