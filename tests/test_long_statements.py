@@ -89,3 +89,32 @@ def test_statement_timeout_ends_running_statements(nodes):
     assert execute(c, "SELECT count(*) FROM kv WHERE value = 'v'") == [(ROWS,)]
     assert execute(c, "SELECT count(*) FROM kv WHERE value = 'new'") == [(0,)]
     c.close()
+
+
+@pytest.mark.timeout(300)
+def test_large_commits_applied_in_a_thread_keep_order_and_survive_a_crash(nodes):
+    """Large commits (3 MiB values) beside a stream of small ones: every acknowledged commit is
+    readable at once, by another session too, and after a crash and recovery."""
+    n = nodes.primary()
+    big, other, reader = n.connect(), n.connect(), n.connect()
+    size = 3 << 20
+
+    def writer():
+        for i in range(6):
+            execute(big, "INSERT INTO kv VALUES ('big', %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    ("x" * (size + i),))
+            assert execute(reader, "SELECT length(value) FROM kv WHERE key = 'big'") == [(size + i,)]
+    t, res = run_in_thread(writer)
+    i = 0
+    while t.is_alive():
+        execute(other, "INSERT INTO kv VALUES (%s, 'small')", (f"s{i}",))
+        assert execute(other, "SELECT value FROM kv WHERE key = %s", (f"s{i}",)) == [("small",)]
+        i += 1
+    t.join()
+    assert "error" not in res, res
+    for c in (big, other, reader):
+        c.close()
+    n.kill9_all()
+    n.start()
+    assert n.sql("SELECT count(*) FROM kv WHERE value = 'small'") == [(i,)]
+    assert n.sql("SELECT length(value) FROM kv WHERE key = 'big'") == [(size + 5,)]
