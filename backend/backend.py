@@ -53,7 +53,7 @@ from libpq.hba import HbaError, HbaRules, load_hba
 from libpq.tls import TLSConfigError
 from storage.kvstore import KVStore, kv_path
 from utils import config as cfgmod
-from utils import elog
+from utils import elog, lagtrace
 from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
@@ -103,6 +103,8 @@ class Backend(Engine):
         self.next_sweep = 0.0
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
+        self.trace = lagtrace.start(self.datadir, "backend", self.config)
+        self.walsync_fd: int | None = None   # the WAL writer's background-flush pipe, once registered
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -152,6 +154,8 @@ class Backend(Engine):
         if not txn.xid:
             return None
         _start, end = self._insert(commit_record(txn.xid))
+        if self.trace.on:
+            self.trace.note_commit(end)
         return CommitWait(txn, end)
 
     def log_abort(self, txn: Txn) -> None:
@@ -256,18 +260,93 @@ class Backend(Engine):
             w.flush()
         except OSError as e:
             raise Panic(f"could not fdatasync WAL: {e}") from e
+        # The WAL is durable: the walsenders may send it now, while we apply it here
+        # (PostgreSQL wakes them right after XLogFlush too).
+        self.publish()
         try:
             self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli,
                                   must_apply=True)
         except Exception as e:
             raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
-        self.publish()
 
     def group_commit(self) -> None:
-        while self.commit_queue:
-            self.apply_pending()
-            batch, self.commit_queue = self.commit_queue, []
-            for conn, _w in batch:
+        """Acknowledge the commits whose WAL is durable; make the rest durable.
+
+        When other clients are waiting to be read, the fdatasync runs in the
+        WAL writer's helper thread (``begin_flush``) and this loop serves them
+        meanwhile; the finished flush is collected on a later round (its pipe
+        wakes the selector).  When nobody else waits, it runs here, which saves
+        the commit a thread hand-off.
+        """
+        w = self.writer
+        if w is None:
+            while self.commit_queue:
+                self.apply_pending()
+                self.commits_durable()
+            return
+        self.collect_flush(wait=False)
+        if not self.commit_queue or w.flush_in_flight:
+            return
+        if not self.others_waiting():
+            self.flush_now()
+            return
+        try:
+            started = w.begin_flush()
+        except OSError as e:
+            raise Panic(f"could not write to WAL: {e}") from e
+        if started:
+            if self.walsync_fd is None:
+                self.walsync_fd = w.flush_done_fd
+                self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
+        else:
+            self.commits_durable()
+
+    def flush_now(self) -> None:
+        """Flush here (after any background flush in flight), then publish, apply and answer."""
+        try:
+            self._writer().flush()
+        except OSError as e:
+            raise Panic(f"could not fdatasync WAL: {e}") from e
+        self.commits_durable()
+
+    def others_waiting(self) -> bool:
+        """Is any client's input (or a new connection) ready right now?"""
+        try:
+            return any(mask & selectors.EVENT_READ and key.data not in ("death", "signal", "walsync")
+                       for key, mask in self.sel.select(0))
+        except OSError:
+            return False
+
+    def collect_flush(self, wait: bool) -> None:
+        w = self.writer
+        if w is None:
+            return
+        try:
+            target = w.finish_flush(wait)
+        except OSError as e:
+            raise Panic(f"could not fdatasync WAL: {e}") from e
+        if target is not None:
+            self.commits_durable()
+
+    def commits_durable(self) -> None:
+        """Publish the flush position, apply the commits it covers (in WAL order) and answer them."""
+        w = self.writer
+        flushed = w.flush_lsn if w is not None else None
+        if w is not None:
+            self.publish()
+        n = len(self.unapplied) if flushed is None else \
+            next((i for i, cw in enumerate(self.unapplied) if cw.end_lsn > flushed), len(self.unapplied))
+        if n:
+            batch, self.unapplied = self.unapplied[:n], self.unapplied[n:]
+            try:
+                self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes],
+                                      w.tli if w is not None else None, must_apply=True)
+            except Exception as e:
+                raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
+        done = [(c, cw) for c, cw in self.commit_queue if flushed is None or cw.end_lsn <= flushed]
+        if done:
+            self.commit_queue = [(c, cw) for c, cw in self.commit_queue if flushed is not None and cw.end_lsn > flushed]
+            for conn, _w in done:
                 conn.after_commit()
 
     def publish(self) -> None:
@@ -275,6 +354,8 @@ class Backend(Engine):
         w = self.writer
         if w is None:
             return
+        if self.trace.on:
+            self.trace.note("primary_flushed", w.flush_lsn)
         with self.shared.xlog.locked() as x:
             x.set(insert_lsn=w.insert_lsn, write_lsn=w.write_lsn, flush_lsn=w.flush_lsn,
                   last_record_lsn=w.prev_lsn)
@@ -581,6 +662,8 @@ class Backend(Engine):
     def run(self) -> int:
         self.start()
         while True:
+            if self.trace.on:
+                self.trace.idle()
             events = self.sel.select(self.loop_timeout())
             for key, mask in events:
                 data = key.data
@@ -593,6 +676,8 @@ class Backend(Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
+                elif data == "walsync":
+                    pass    # a background flush ended: group_commit collects it
                 elif isinstance(data, Relay):
                     if mask & selectors.EVENT_READ and not data.closed:
                         data.on_readable()
@@ -640,9 +725,9 @@ class Backend(Engine):
         log.debug("backend: promoted in place, WAL inserter at %s", format_lsn(self.writer.insert_lsn))
 
     def loop_timeout(self) -> float:
-        """0 with commits to finish; else until the soonest sleeper is due (a long statement's
-        pause is due at once), at most LOOP_TIMEOUT."""
-        if self.commit_queue:
+        """0 with commits to finish (unless their flush runs in the WAL writer's thread); else until
+        the soonest sleeper is due (a long statement's pause is due at once), at most LOOP_TIMEOUT."""
+        if self.commit_queue and not (self.writer is not None and self.writer.flush_in_flight):
             return 0.0
         timeout = LOOP_TIMEOUT
         if self.sleepers:
@@ -735,7 +820,7 @@ class Backend(Engine):
         for conn in list(self.conns.values()):
             conn.close()
         if self.writer is not None:
-            self.group_commit()
+            self.flush_now()
             if self.owns_shutdown_checkpoint:
                 ckpt.create_checkpoint(self, "shutdown immediate", shutdown=True)
             else:
@@ -750,12 +835,17 @@ class Backend(Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
+        if self.walsync_fd is not None:
+            with contextlib.suppress(Exception):
+                self.sel.unregister(self.walsync_fd)
+            self.walsync_fd = None
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
         if self.store is not None:
             self.store.close()
         self.fds.close()
+        self.trace.flush()
         with contextlib.suppress(Exception):
             signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):
