@@ -16,12 +16,14 @@ waits) and for ``shared.pm checkpoint_requested``.  Nobody needs to set its
 latch; it drains ``shared.latches['backend']`` each round.
 
 What it owns: the WalWriter (on a primary), the key/value store's write
-connection, xid assignment, the sessions.  Group commit: within one loop
-round every session that commits only inserts its commit record; then one
-``flush()`` (fdatasync), one SQLite transaction applying all of them
-(``apply_many``), publication of insert/write/flush positions in
-``shared.xlog``, walsender latches set, and only then the CommandCompletes
-go out.  A commit is never acknowledged before its WAL is durable.
+connection, xid assignment, the sessions.  Group commit
+(backend/groupcommit.py): within one loop round every session that commits
+only inserts its commit record; then one fdatasync (inline, or in the WAL
+writer's helper thread while other clients are served), publication of
+insert/write/flush positions in ``shared.xlog`` with the walsender latches
+set, one SQLite transaction applying the commits (``apply_many``), and only
+then the CommandCompletes go out.  A commit is never acknowledged before
+its WAL is durable.
 
 Replication connections (``replication=true|database``) are handed to the
 postmaster over ``ctx.extra['handoff_sock']`` (SCM_RIGHTS); it forks a
@@ -43,6 +45,7 @@ from typing import Any
 from backend import checkpoint as ckpt
 from backend.activity import Activity
 from backend.fdbudget import FdBudget
+from backend.groupcommit import GroupCommit
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
 from backend.tlsrelay import Relay
@@ -67,7 +70,7 @@ LOOP_TIMEOUT = 0.1
 FIRST_NORMAL_XID = 3
 
 
-class Backend(Engine):
+class Backend(GroupCommit, Engine):
     def __init__(self, ctx: ChildContext):
         self.ctx = ctx
         self.datadir = ctx.datadir
@@ -244,124 +247,6 @@ class Backend(Engine):
 
     def session_count(self) -> int:
         return sum(1 for c in self.conns.values() if c.state == ConnState.READY)
-
-    # ------------------------------------------------------------ group commit
-    def queue_commit(self, conn: Connection, w: CommitWait) -> None:
-        self.commit_queue.append((conn, w))
-        self.unapplied.append(w)
-
-    def apply_pending(self) -> None:
-        """Flush WAL and apply every logged-but-unapplied commit (one SQLite transaction)."""
-        if not self.unapplied:
-            return
-        batch, self.unapplied = self.unapplied, []
-        w = self._writer()
-        try:
-            w.flush()
-        except OSError as e:
-            raise Panic(f"could not fdatasync WAL: {e}") from e
-        # The WAL is durable: the walsenders may send it now, while we apply it here
-        # (PostgreSQL wakes them right after XLogFlush too).
-        self.publish()
-        try:
-            self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli,
-                                  must_apply=True)
-        except Exception as e:
-            raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
-
-    def group_commit(self) -> None:
-        """Acknowledge the commits whose WAL is durable; make the rest durable.
-
-        When other clients are waiting to be read, the fdatasync runs in the
-        WAL writer's helper thread (``begin_flush``) and this loop serves them
-        meanwhile; the finished flush is collected on a later round (its pipe
-        wakes the selector).  When nobody else waits, it runs here, which saves
-        the commit a thread hand-off.
-        """
-        w = self.writer
-        if w is None:
-            while self.commit_queue:
-                self.apply_pending()
-                self.commits_durable()
-            return
-        self.collect_flush(wait=False)
-        if not self.commit_queue or w.flush_in_flight:
-            return
-        if not self.others_waiting():
-            self.flush_now()
-            return
-        try:
-            started = w.begin_flush()
-        except OSError as e:
-            raise Panic(f"could not write to WAL: {e}") from e
-        if started:
-            if self.walsync_fd is None:
-                self.walsync_fd = w.flush_done_fd
-                self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
-        else:
-            self.commits_durable()
-
-    def flush_now(self) -> None:
-        """Flush here (after any background flush in flight), then publish, apply and answer."""
-        try:
-            self._writer().flush()
-        except OSError as e:
-            raise Panic(f"could not fdatasync WAL: {e}") from e
-        self.commits_durable()
-
-    def others_waiting(self) -> bool:
-        """Is any client's input (or a new connection) ready right now?"""
-        try:
-            return any(mask & selectors.EVENT_READ and key.data not in ("death", "signal", "walsync")
-                       for key, mask in self.sel.select(0))
-        except OSError:
-            return False
-
-    def collect_flush(self, wait: bool) -> None:
-        w = self.writer
-        if w is None:
-            return
-        try:
-            target = w.finish_flush(wait)
-        except OSError as e:
-            raise Panic(f"could not fdatasync WAL: {e}") from e
-        if target is not None:
-            self.commits_durable()
-
-    def commits_durable(self) -> None:
-        """Publish the flush position, apply the commits it covers (in WAL order) and answer them."""
-        w = self.writer
-        flushed = w.flush_lsn if w is not None else None
-        if w is not None:
-            self.publish()
-        n = len(self.unapplied) if flushed is None else \
-            next((i for i, cw in enumerate(self.unapplied) if cw.end_lsn > flushed), len(self.unapplied))
-        if n:
-            batch, self.unapplied = self.unapplied[:n], self.unapplied[n:]
-            try:
-                self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes],
-                                      w.tli if w is not None else None, must_apply=True)
-            except Exception as e:
-                raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
-        done = [(c, cw) for c, cw in self.commit_queue if flushed is None or cw.end_lsn <= flushed]
-        if done:
-            self.commit_queue = [(c, cw) for c, cw in self.commit_queue if flushed is not None and cw.end_lsn > flushed]
-            for conn, _w in done:
-                conn.after_commit()
-
-    def publish(self) -> None:
-        """Positions to shared memory, then wake the walsenders."""
-        w = self.writer
-        if w is None:
-            return
-        if self.trace.on:
-            self.trace.note("primary_flushed", w.flush_lsn)
-        with self.shared.xlog.locked() as x:
-            x.set(insert_lsn=w.insert_lsn, write_lsn=w.write_lsn, flush_lsn=w.flush_lsn,
-                  last_record_lsn=w.prev_lsn)
-        for i, slot in enumerate(self.shared.walsnd):
-            if slot.get("pid"):
-                self.shared.walsnd_latches[i].set()
 
     def on_segment_complete(self, segno: int, path: str) -> None:
         name = os.path.basename(path)
