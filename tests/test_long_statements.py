@@ -92,7 +92,7 @@ def test_statement_timeout_ends_running_statements(nodes):
 
 
 @pytest.mark.timeout(300)
-def test_large_commits_applied_in_a_thread_keep_order_and_survive_a_crash(nodes):
+def test_large_commits_beside_small_ones_survive_a_crash(nodes):
     """Large commits (3 MiB values) beside a stream of small ones: every acknowledged commit is
     readable at once, by another session too, and after a crash and recovery."""
     n = nodes.primary()
