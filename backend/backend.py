@@ -92,7 +92,6 @@ class Backend(GroupCommit, Engine):
         self.next_full_xid = FIRST_NORMAL_XID
         self.ckpt_stats = ckpt.CheckpointStats()
         self.last_ckpt_request = 0
-        self.last_switch_request = 0     # shared.pm switch_requested as last seen (a base backup's end)
         self.last_switch_time = time.monotonic()
         # "Important" WAL (PostgreSQL's term): anything but checkpoints and switches.  An idle
         # server neither checkpoints on checkpoint_timeout nor switches on archive_timeout.
@@ -512,7 +511,6 @@ class Backend(GroupCommit, Engine):
         self.sel.register(self.ctx.death_fd, selectors.EVENT_READ, "death")
         self.sel.register(self.sig_r, selectors.EVENT_READ, "signal")
         self.last_ckpt_request = int(self.shared.pm.get("checkpoint_requested"))
-        self.last_switch_request = int(self.shared.pm.get("switch_requested"))
 
     def start_primary(self, x: dict[str, Any]) -> None:
         try:
@@ -671,12 +669,6 @@ class Backend(GroupCommit, Engine):
             limit = cfg["max_wal_size"] * 1024 * 1024 / 1.9
             if self.important_since_ckpt and w.insert_lsn - self.ckpt_stats.last_end_lsn >= limit:
                 ckpt.create_checkpoint(self, "wal")
-        switch_req = int(self.shared.pm.get("switch_requested"))
-        if switch_req != self.last_switch_request:
-            # A base backup ended: PostgreSQL's pg_backup_stop switches segments so that the
-            # backup's last one is archived (a no-op at a segment's start).
-            self.last_switch_request = switch_req
-            self.switch_wal()
         timeout = cfg["archive_timeout"]
         if timeout > 0 and now - self.last_switch_time >= timeout:
             if self.important_since_switch and w.insert_lsn % w.segsize != 0:

@@ -67,7 +67,6 @@ PM = RegionLayout("pm", (
     ("reload_requested", "B"),
     ("pad", "2x"),
     ("checkpoint_requested", "Q"),  # backend bumps; postmaster asks the checkpointer
-    ("switch_requested", "Q"),      # a walsender bumps at a base backup's end; the backend switches WAL
 ))
 
 XLOG = RegionLayout("xlog", (

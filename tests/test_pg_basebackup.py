@@ -208,23 +208,3 @@ def test_pg_basebackup_over_tls_scram_passfile(nodes, tmp_path, fmt):
     check_data_equal(p, s)
     for n in (p, s):
         assert "r3pl-secret" not in n.log_text()
-
-
-@pytest.mark.timeout(180)
-def test_backup_end_segment_is_switched_and_archived(nodes, tmp_path):
-    """As pg_backup_stop: at the end of BASE_BACKUP the primary switches WAL segments, so the segment
-    holding the backup's end is archived without waiting for archive_timeout or more writes."""
-    from xlog.lsn import parse_lsn, segment_name, segno_of
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    primary = nodes.primary(archive_mode="on", archive_command=f"cp %p {archive}/%f")
-    write_rows(primary, 0, 20)
-    r = run_pg_basebackup(primary, str(tmp_path / "copy"))
-    assert r.returncode == 0, r.stderr
-    label = dict(line.split(": ", 1) for line in (tmp_path / "copy" / "backup_label").read_text().splitlines()
-                 if ": " in line)
-    end = parse_lsn(label["END WAL LOCATION"])
-    seg = segment_name(1, segno_of(end, 1 << 20), 1 << 20)
-    wait_for(lambda: (archive / seg).exists(), 30, f"the backup's end segment {seg} archived")
-    current = parse_lsn(str(primary.sql("SELECT pg_current_wal_lsn()")[0][0]))
-    assert current >= (segno_of(end, 1 << 20) + 1) << 20        # the primary writes in a later segment

@@ -26,8 +26,7 @@ Steps:
    (empty: no tablespaces), the data directory as PostgreSQL's sendDir walks it (EXCLUDE_FILES,
    EXCLUDE_DIR_CONTENTS, temporary files, pg_wal's contents), the snapshot in place of
    base/kv.sqlite, with WAL the segments and their ``.done`` and history files, and the
-   control file last; the manifest; CopyDone; a WAL switch asked of the backend (as pg_backup_stop:
-   the end segment is archived at once); result set (end, tli).
+   control file last; the manifest; CopyDone; result set (end, tli).
 
 backup_label has PostgreSQL's lines plus END WAL LOCATION and END TIMELINE (a walswitch primary
 writes no backup-end record): the startup (xlog/backup_label.py) makes the standby consistent
@@ -229,15 +228,6 @@ def request_checkpoint(ws: BackupSender) -> bool:
     return False
 
 
-def request_wal_switch(ws: BackupSender) -> None:
-    """As pg_backup_stop on a primary: ask the backend (the WAL inserter) to switch to a new segment,
-    so that the segment holding the backup's end is complete and archived without waiting."""
-    pm = ws.shared.pm
-    with pm.locked():
-        pm.set(switch_requested=pm.get("switch_requested") + 1)
-    ws.shared.latches["backend"].set()
-
-
 def snapshot_store(datadir: str, dest: str) -> None:
     """A consistent single-file copy of the key/value store (SQLite's online backup API)."""
     src = sqlite3.connect(os.path.join(datadir, STORE), timeout=30)
@@ -394,7 +384,6 @@ def send(ws: BackupSender, raw_options: Any) -> None:
         finally:
             for _, fd in fds:
                 os.close(fd)
-    request_wal_switch(ws)
     if opt.wait:
         ws.queue(P.notice_response("WAL archiving is not enabled; you must ensure that all required WAL segments "
                                    "are copied through other means to complete the backup"))
