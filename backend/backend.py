@@ -51,7 +51,7 @@ from libpq.hba import HbaError, HbaRules, load_hba
 from libpq.tls import TLSConfigError
 from storage.kvstore import KVStore, kv_path
 from utils import config as cfgmod
-from utils import elog
+from utils import elog, lagtrace
 from utils.proc import ChildContext, child_start
 from xlog import archive_status
 from xlog.control import ControlFileError, read_control
@@ -99,6 +99,7 @@ class Backend(Engine):
         self.next_sweep = 0.0
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
+        self.trace = lagtrace.start(self.datadir, "backend", self.config)
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -148,6 +149,8 @@ class Backend(Engine):
         if not txn.xid:
             return None
         _start, end = self._insert(commit_record(txn.xid))
+        if self.trace.on:
+            self.trace.note_commit(end)
         return CommitWait(txn, end)
 
     def log_abort(self, txn: Txn) -> None:
@@ -246,12 +249,14 @@ class Backend(Engine):
             w.flush()
         except OSError as e:
             raise Panic(f"could not fdatasync WAL: {e}") from e
+        # The WAL is durable: the walsenders may send it now, while we apply it here
+        # (PostgreSQL wakes them right after XLogFlush too).
+        self.publish()
         try:
             self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli,
                                   must_apply=True)
         except Exception as e:
             raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
-        self.publish()
 
     def group_commit(self) -> None:
         while self.commit_queue:
@@ -265,6 +270,8 @@ class Backend(Engine):
         w = self.writer
         if w is None:
             return
+        if self.trace.on:
+            self.trace.note("primary_flushed", w.flush_lsn)
         with self.shared.xlog.locked() as x:
             x.set(insert_lsn=w.insert_lsn, write_lsn=w.write_lsn, flush_lsn=w.flush_lsn,
                   last_record_lsn=w.prev_lsn)
@@ -541,6 +548,8 @@ class Backend(Engine):
     def run(self) -> int:
         self.start()
         while True:
+            if self.trace.on:
+                self.trace.idle()
             events = self.sel.select(self.loop_timeout())
             for key, mask in events:
                 data = key.data
@@ -697,6 +706,7 @@ class Backend(Engine):
         if self.store is not None:
             self.store.close()
         self.fds.close()
+        self.trace.flush()
         with contextlib.suppress(Exception):
             signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):

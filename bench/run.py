@@ -1,6 +1,7 @@
 """``make bench``: run the benchmarks, print a table, write bench-results/<name>.json and summary.json.
 
-``python -m bench.run [name ...]`` runs some of them; names: pgbench, waldump, lag, catchup, compare, soak.
+``python -m bench.run [name ...]`` runs some of them; names: pgbench, waldump, lag200, lag1000, lagfull,
+reconnect, catchup, compare, soak.  A name maps to ``module`` or ``module:argument`` (bench.lag's rate).
 
 Every walswitch figure is the median of several runs and is quoted as a ratio (walswitch / PostgreSQL 15)
 against PostgreSQL 15 doing the same work, started by the benchmark in the same run on the same machine.
@@ -27,7 +28,10 @@ from bench.common import PGBIN, ROOT
 BENCHES = {
     "pgbench": "bench.pgbench_tps",
     "waldump": "bench.waldump_speed",
-    "lag": "bench.replay_lag",
+    "lag200": "bench.lag:200",
+    "lag1000": "bench.lag:1000",
+    "lagfull": "bench.lag:0",
+    "reconnect": "bench.reconnect",
     "catchup": "bench.catchup",
     "compare": "bench.compare",
     "soak": "bench.soak",
@@ -100,11 +104,12 @@ def main(argv: list[str]) -> int:
     t_all = time.monotonic()
     try:
         for name in names:
-            mod = __import__(BENCHES[name], fromlist=["run"])
+            modname, _, arg = BENCHES[name].partition(":")
+            mod = __import__(modname, fromlist=["run"])
             print(f"== {name}: {mod.TITLE}", flush=True)
             t0 = time.monotonic()
             try:
-                res = mod.run()
+                res = mod.run(int(arg)) if arg else mod.run()
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - report it, run the others

@@ -71,6 +71,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             choices=("concurrent", "stop_walreceiver", "walreceiver_restores")),
     Setting("concurrent_guard", "bool", True),
     Setting("walreceiver_restore_prefetch", "int", 0, min=0, max=64),
+    Setting("lag_trace_sample", "int", 0, min=0, max=1_000_000),
     Setting("log_min_messages", "enum", "info",
             choices=("debug5", "debug4", "debug3", "debug2", "debug1", "info", "notice",
                      "warning", "error", "log", "fatal", "panic")),

@@ -81,9 +81,9 @@ EXCLUDE_FILES = ("postgresql.auto.conf.tmp", "current_logfiles.tmp", "pg_interna
                  "standby.signal", "recovery.signal", "promote", "promote_requested", "postgresql.auto.conf",
                  f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", STORE, CONTROL)
 # basebackup.c's excludeDirContents (the directory is kept, empty), plus ours: the server's logs and
-# events, and armed fault-injection points.
+# events, armed fault-injection points, and the latency trace (utils/lagtrace.py).
 EXCLUDE_DIR_CONTENTS = ("pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots",
-                        "pg_subtrans", "pg_wal", "log", "inject")
+                        "pg_subtrans", "pg_wal", "log", "inject", "pg_lagtrace")
 
 
 # ---------------------------------------------------------------- options

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from libpq import protocol as P
 from shmem.sync import WaitSet
 from utils import config as cfgmod
-from utils import elog
+from utils import elog, lagtrace
 from utils.proc import ChildContext, child_start, set_title
 from walsender import basebackup
 from walsender import replication_commands as RC
@@ -263,6 +263,8 @@ class WalSender:
             host, port = "?", 0
         self.peer = (str(host), int(port))
         self.timeout_ms = int(ctx.config.get("wal_sender_timeout", 60000) or 0)
+        self.trace = lagtrace.start(ctx.datadir, "walsender", ctx.config)
+        self.traced_flush = self.traced_sent = 0
         self.reader = P.MessageReader()
         self.out = bytearray()
         self.eof = False
@@ -430,6 +432,8 @@ class WalSender:
 
     def wait(self, timeout: float | None, want_write: bool = False) -> None:
         """Sleep until input, latch, signal, death, timeout (or writable, when asked)."""
+        if self.trace.on:
+            self.trace.idle()
         if want_write:
             try:
                 select.select([self.sock, self.ctx.death_fd, self.sig_r], [self.sock], [],
@@ -675,6 +679,9 @@ class WalSender:
                 self.send_physical(segsize)
             else:
                 self.caught_up = False
+            if self.trace.on and self.out and self.sent_ptr > self.traced_sent:
+                self.traced_sent = self.sent_ptr
+                self.trace.note("sent", self.sent_ptr)     # as it goes to the socket
             self.flush_some()
             if self.caught_up and not self.out:
                 if self.state == WalSndState.CATCHUP:
@@ -832,6 +839,8 @@ class WalSender:
             values["replay_lag_us"] = apply_lag
         with self.slot.locked():
             self.slot.set(**values)
+        if self.trace.on:
+            self.trace.note("primary_updated", apply)
 
     # ------------------------------------------------------------ reading WAL
     def close_segment(self) -> None:
@@ -907,6 +916,9 @@ class WalSender:
                     self.send_tli_valid_upto = end
                     self.send_tli_next = nxt
                     send_rqst = end
+        if self.trace.on and send_rqst > self.traced_flush:
+            self.traced_flush = send_rqst
+            self.trace.note("walsender_woken", send_rqst)
         self.lag.write(send_rqst, pg_now())
         if self.send_tli_historic and self.send_tli_valid_upto <= self.sent_ptr:
             self.close_segment()
@@ -976,6 +988,7 @@ def main(ctx: ChildContext) -> int:
         except Exception:  # noqa: BLE001
             pass
         ws.close_segment()
+        ws.trace.flush()
         ws.release_slot()
         if ws.waitset is not None:
             ws.waitset.close()

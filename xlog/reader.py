@@ -17,10 +17,13 @@ bytes past `read_upto` make read_record() return None with error None
 PostgreSQL's message. Either way the next call retries at the same place
 (re-reading the segment when it may have changed: after an error, when it
 was short, or when read_upto moved on), so a reader can follow WAL as it
-arrives.
+arrives.  The opener may return a buffer with a usable length (the
+standby's concurrent guard), or a read-only mmap of the file, so that
+asking again costs nothing when the file stays the same.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from typing import Callable, Iterator
@@ -33,7 +36,11 @@ from .lsn import XLOG_BLCKSZ, format_lsn, maxalign, segment_name, valid_segsize
 from .page import validate_page_header
 from .record import DecodedRecord, decode_body
 
-OpenSegment = Callable[[int, int], "bytes | None"]
+# What open_segment returns: the segment's bytes (a prefix while it is being written), or a
+# buffer of the whole file (bytes, or an mmap that shows later writes) with how much of it may
+# be read, or None when there is no such segment.
+SegmentBytes = "bytes | mmap.mmap | tuple[bytes | mmap.mmap, int] | None"
+OpenSegment = Callable[[int, int], SegmentBytes]
 
 _crc_value = google_crc32c.value
 _crc_extend = google_crc32c.extend
@@ -111,7 +118,8 @@ class WalReader:
         self.missing_contrecord_lsn = 0
         self._next = start_lsn
         self._prev_rec: int | None = None  # None: random access, check prev-link loosely
-        self._seg: bytes = b""
+        self._seg: bytes | mmap.mmap = b""
+        self._seg_usable = 0  # bytes of _seg the opener let us read
         self._segno = -1
         self._seg_tli = -1
         self._seg_limit = 0  # number of usable bytes in _seg
@@ -304,6 +312,7 @@ class WalReader:
     def _drop_segment(self) -> None:
         # Re-open on the next attempt: the file may have grown or been replaced.
         self._seg = b""
+        self._seg_usable = 0
         self._segno = -1
         self._seg_limit = 0
         self._valid_page = -1
@@ -314,7 +323,12 @@ class WalReader:
         data = self._open(self.tli, segno)
         if data is None:
             raise _NeedData(segno * self.segsize)
+        if isinstance(data, tuple):
+            data, usable = data
+        else:
+            usable = len(data)
         self._seg = data
+        self._seg_usable = min(usable, len(data))
         self._segno = segno
         self._seg_base = segno * self.segsize
         self._seg_tli = self.tli
@@ -323,7 +337,7 @@ class WalReader:
         self._set_limit()
 
     def _set_limit(self) -> None:
-        limit = min(len(self._seg), self.segsize)
+        limit = min(self._seg_usable, self.segsize)
         start = self._segno * self.segsize
         # Bytes past read_upto are not ours to read yet; bytes past the read_upto
         # in force when we loaded the segment may have changed since (a
@@ -334,7 +348,7 @@ class WalReader:
         self._seg_limit = max(0, limit)
 
     def _may_have_grown(self) -> bool:
-        if len(self._seg) < self.segsize:
+        if self._seg_usable < self.segsize:
             return True
         return self._load_upto is not None and (self._read_upto is None or self._read_upto > self._load_upto)
 

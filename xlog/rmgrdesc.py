@@ -9,6 +9,7 @@ pg_waldump prints. Other rmgrs get their type name and no detail.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 import time
 
 from . import constants as C
@@ -92,6 +93,8 @@ def timestamptz_to_str(ts: int) -> str:
 
 def _quote(s: str, limit: int = 64) -> str:
     # One line per record: escape control characters, cut long keys.
+    if len(s) <= limit and s.isprintable() and '"' not in s:
+        return '"' + s + '"'      # the common case, without the copies below
     out = s if len(s) <= limit else s[:limit] + "..."
     if not out.isprintable():
         out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in out)
@@ -144,18 +147,28 @@ def _xact_desc(rec: DecodedRecord) -> str:
     return ""
 
 
+_II = struct.Struct("<II")
+
+
+def _kv_put_desc(rec: DecodedRecord) -> str:
+    # Lengths from the header: no need to decode a multi-MB value to describe it.
+    d = rec.main_data
+    try:
+        if len(d) < 8:
+            raise ValueError(f"KV_PUT record data too short: {len(d)} bytes")
+        klen, vlen = _II.unpack_from(d)
+        key = d[8:8 + klen].decode("utf-8")
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"invalid: {e}"
+    return f"key {_quote(key)}; value {'NULL' if vlen == 0xFFFFFFFF else f'{vlen} bytes'}"
+
+
 def _kv_desc(rec: DecodedRecord) -> str:
     op = rec.info & C.XLR_RMGR_INFO_MASK
     d = rec.main_data
+    if op == C.KV_PUT:
+        return _kv_put_desc(rec)
     try:
-        if op == C.KV_PUT:
-            # Lengths from the header: no need to decode a multi-MB value to describe it.
-            if len(d) < 8:
-                raise ValueError(f"KV_PUT record data too short: {len(d)} bytes")
-            klen, vlen = struct.unpack_from("<II", d)
-            key = d[8:8 + klen].decode("utf-8")
-            v = "NULL" if vlen == 0xFFFFFFFF else f"{vlen} bytes"
-            return f"key {_quote(key)}; value {v}"
         if op == C.KV_DELETE:
             return f"key {_quote(KvDelete.unpack(d).key)}"
         if op == C.KV_ROLE:
@@ -208,20 +221,27 @@ def format_record_line(rec: DecodedRecord) -> str:
     return LineFormatter()(rec)
 
 
+def _describer(rmid: int, info: int) -> Callable[[DecodedRecord], str]:
+    """describe(), chosen once per (rmid, info)."""
+    if rmid == C.RM_KV_ID and info & C.XLR_RMGR_INFO_MASK == C.KV_PUT:
+        return _kv_put_desc
+    return describe
+
+
 class LineFormatter:
     """format_record_line with the per-(rmid, info) parts cached: waldump's hot loop."""
 
     def __init__(self) -> None:
-        self._heads: dict[tuple[int, int], tuple[str, str]] = {}
+        self._heads: dict[tuple[int, int], tuple[str, str, Callable[[DecodedRecord], str]]] = {}
 
     def __call__(self, rec: DecodedRecord) -> str:
         key = (rec.rmid, rec.info)
         head = self._heads.get(key)
         if head is None:
-            head = self._heads[key] = _head(rec.rmid, rec.info)
+            head = self._heads[key] = (*_head(rec.rmid, rec.info), _describer(rec.rmid, rec.info))
         lsn = rec.lsn
         prev = rec.prev
         line = "%s%6u/%6u, tx: %10u, lsn: %X/%08X, prev %X/%08X%s%s" % (
             head[0], rec.tot_len - rec.fpi_len, rec.tot_len, rec.xid, lsn >> 32, lsn & 0xFFFFFFFF,
-            prev >> 32, prev & 0xFFFFFFFF, head[1], describe(rec))
+            prev >> 32, prev & 0xFFFFFFFF, head[1], head[2](rec))
         return line + block_refs_short(rec) if rec.blocks else line
