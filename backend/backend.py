@@ -16,12 +16,14 @@ waits) and for ``shared.pm checkpoint_requested``.  Nobody needs to set its
 latch; it drains ``shared.latches['backend']`` each round.
 
 What it owns: the WalWriter (on a primary), the key/value store's write
-connection, xid assignment, the sessions.  Group commit: within one loop
-round every session that commits only inserts its commit record; then one
-``flush()`` (fdatasync), one SQLite transaction applying all of them
-(``apply_many``), publication of insert/write/flush positions in
-``shared.xlog``, walsender latches set, and only then the CommandCompletes
-go out.  A commit is never acknowledged before its WAL is durable.
+connection, xid assignment, the sessions.  Group commit
+(backend/groupcommit.py): within one loop round every session that commits
+only inserts its commit record; then one fdatasync (inline, or in the WAL
+writer's helper thread while other clients are served), publication of
+insert/write/flush positions in ``shared.xlog`` with the walsender latches
+set, one SQLite transaction applying the commits (``apply_many``), and only
+then the CommandCompletes go out.  A commit is never acknowledged before
+its WAL is durable.
 
 Replication connections (``replication=true|database``) are handed to the
 postmaster over ``ctx.extra['handoff_sock']`` (SCM_RIGHTS); it forks a
@@ -41,6 +43,7 @@ from typing import Any
 
 from backend import checkpoint as ckpt
 from backend.fdbudget import FdBudget
+from backend.groupcommit import GroupCommit
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
 from backend.tlsrelay import Relay
@@ -65,7 +68,7 @@ LOOP_TIMEOUT = 0.1
 FIRST_NORMAL_XID = 3
 
 
-class Backend(Engine):
+class Backend(GroupCommit, Engine):
     def __init__(self, ctx: ChildContext):
         self.ctx = ctx
         self.datadir = ctx.datadir
@@ -100,6 +103,7 @@ class Backend(Engine):
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
         self.trace = lagtrace.start(self.datadir, "backend", self.config)
+        self.walsync_fd: int | None = None   # the WAL writer's background-flush pipe, once registered
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -233,51 +237,6 @@ class Backend(Engine):
 
     def session_count(self) -> int:
         return sum(1 for c in self.conns.values() if c.state == ConnState.READY)
-
-    # ------------------------------------------------------------ group commit
-    def queue_commit(self, conn: Connection, w: CommitWait) -> None:
-        self.commit_queue.append((conn, w))
-        self.unapplied.append(w)
-
-    def apply_pending(self) -> None:
-        """Flush WAL and apply every logged-but-unapplied commit (one SQLite transaction)."""
-        if not self.unapplied:
-            return
-        batch, self.unapplied = self.unapplied, []
-        w = self._writer()
-        try:
-            w.flush()
-        except OSError as e:
-            raise Panic(f"could not fdatasync WAL: {e}") from e
-        # The WAL is durable: the walsenders may send it now, while we apply it here
-        # (PostgreSQL wakes them right after XLogFlush too).
-        self.publish()
-        try:
-            self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli,
-                                  must_apply=True)
-        except Exception as e:
-            raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
-
-    def group_commit(self) -> None:
-        while self.commit_queue:
-            self.apply_pending()
-            batch, self.commit_queue = self.commit_queue, []
-            for conn, _w in batch:
-                conn.after_commit()
-
-    def publish(self) -> None:
-        """Positions to shared memory, then wake the walsenders."""
-        w = self.writer
-        if w is None:
-            return
-        if self.trace.on:
-            self.trace.note("primary_flushed", w.flush_lsn)
-        with self.shared.xlog.locked() as x:
-            x.set(insert_lsn=w.insert_lsn, write_lsn=w.write_lsn, flush_lsn=w.flush_lsn,
-                  last_record_lsn=w.prev_lsn)
-        for i, slot in enumerate(self.shared.walsnd):
-            if slot.get("pid"):
-                self.shared.walsnd_latches[i].set()
 
     def on_segment_complete(self, segno: int, path: str) -> None:
         name = os.path.basename(path)
@@ -562,6 +521,8 @@ class Backend(Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
+                elif data == "walsync":
+                    pass    # a background flush ended: group_commit collects it
                 elif isinstance(data, Relay):
                     if mask & selectors.EVENT_READ and not data.closed:
                         data.on_readable()
@@ -607,7 +568,9 @@ class Backend(Engine):
         log.debug("backend: promoted in place, WAL inserter at %s", format_lsn(self.writer.insert_lsn))
 
     def loop_timeout(self) -> float:
-        return 0.0 if self.commit_queue else LOOP_TIMEOUT
+        if self.commit_queue and not (self.writer is not None and self.writer.flush_in_flight):
+            return 0.0
+        return LOOP_TIMEOUT
 
     def postmaster_died(self) -> bool:
         try:
@@ -685,7 +648,7 @@ class Backend(Engine):
         for conn in list(self.conns.values()):
             conn.close()
         if self.writer is not None:
-            self.group_commit()
+            self.flush_now()
             if self.owns_shutdown_checkpoint:
                 ckpt.create_checkpoint(self, "shutdown immediate", shutdown=True)
             else:
@@ -700,6 +663,10 @@ class Backend(Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
+        if self.walsync_fd is not None:
+            with contextlib.suppress(Exception):
+                self.sel.unregister(self.walsync_fd)
+            self.walsync_fd = None
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()

@@ -1,0 +1,152 @@
+"""Group commit in the backend: which logged commits are durable, applied and answered.
+
+A session's commit record is inserted by ``Backend.log_commit``; the session
+then waits (``CommitWait``) in ``commit_queue`` and in ``unapplied``.  Each
+loop round ``group_commit`` makes everything inserted durable at once: inline
+when no other client waits to be read, else in the WAL writer's helper thread
+(``WalWriter.begin_flush``) while the loop serves the others; the finished
+flush's pipe wakes the loop's selector.  ``commits_durable`` then publishes
+the flush position (walsenders woken before the store is touched, as
+PostgreSQL wakes them right after XLogFlush), applies the covered commits to
+the store in WAL order (one SQLite transaction) and answers their sessions.
+A commit is never answered before its WAL is durable, nor before it is
+visible to the next statement of any session.
+"""
+from __future__ import annotations
+
+import selectors
+from typing import Any
+
+from backend.session import Connection
+from backend.waits import CommitWait, Panic
+
+
+class GroupCommit:
+    """Mixed into Backend, which owns these attributes."""
+
+    writer: Any              # xlog.writer.WalWriter | None
+    store: Any               # storage.kvstore.KVStore
+    sel: selectors.BaseSelector
+    shared: Any
+    trace: Any
+    commit_queue: list[tuple[Connection, CommitWait]]
+    unapplied: list[CommitWait]
+    walsync_fd: int | None
+    _writer: Any             # Backend._writer(): the WalWriter, or a Panic on a standby
+
+    def queue_commit(self, conn: Connection, w: CommitWait) -> None:
+        self.commit_queue.append((conn, w))
+        self.unapplied.append(w)
+
+    def apply_pending(self) -> None:
+        """Flush WAL and apply every logged-but-unapplied commit (one SQLite transaction)."""
+        if not self.unapplied:
+            return
+        batch, self.unapplied = self.unapplied, []
+        w = self._writer()
+        try:
+            w.flush()
+        except OSError as e:
+            raise Panic(f"could not fdatasync WAL: {e}") from e
+        # The WAL is durable: the walsenders may send it now, while we apply it here
+        # (PostgreSQL wakes them right after XLogFlush too).
+        self.publish()
+        try:
+            self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes], w.tli,
+                                  must_apply=True)
+        except Exception as e:
+            raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
+
+    def group_commit(self) -> None:
+        """Acknowledge the commits whose WAL is durable; make the rest durable.
+
+        When other clients are waiting to be read, the fdatasync runs in the
+        WAL writer's helper thread (``begin_flush``) and this loop serves them
+        meanwhile; the finished flush is collected on a later round (its pipe
+        wakes the selector).  When nobody else waits, it runs here, which saves
+        the commit a thread hand-off.
+        """
+        w = self.writer
+        if w is None:
+            while self.commit_queue:
+                self.apply_pending()
+                self.commits_durable()
+            return
+        self.collect_flush(wait=False)
+        if not self.commit_queue or w.flush_in_flight:
+            return
+        if not self.others_waiting():
+            self.flush_now()
+            return
+        try:
+            started = w.begin_flush()
+        except OSError as e:
+            raise Panic(f"could not write to WAL: {e}") from e
+        if started:
+            if self.walsync_fd is None:
+                self.walsync_fd = w.flush_done_fd
+                self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
+        else:
+            self.commits_durable()
+
+    def flush_now(self) -> None:
+        """Flush here (after any background flush in flight), then publish, apply and answer."""
+        try:
+            self._writer().flush()
+        except OSError as e:
+            raise Panic(f"could not fdatasync WAL: {e}") from e
+        self.commits_durable()
+
+    def others_waiting(self) -> bool:
+        """Is any client's input (or a new connection) ready right now?"""
+        try:
+            return any(mask & selectors.EVENT_READ and key.data not in ("death", "signal", "walsync")
+                       for key, mask in self.sel.select(0))
+        except OSError:
+            return False
+
+    def collect_flush(self, wait: bool) -> None:
+        w = self.writer
+        if w is None:
+            return
+        try:
+            target = w.finish_flush(wait)
+        except OSError as e:
+            raise Panic(f"could not fdatasync WAL: {e}") from e
+        if target is not None:
+            self.commits_durable()
+
+    def commits_durable(self) -> None:
+        """Publish the flush position, apply the commits it covers (in WAL order) and answer them."""
+        w = self.writer
+        flushed = w.flush_lsn if w is not None else None
+        if w is not None:
+            self.publish()
+        n = len(self.unapplied) if flushed is None else \
+            next((i for i, cw in enumerate(self.unapplied) if cw.end_lsn > flushed), len(self.unapplied))
+        if n:
+            batch, self.unapplied = self.unapplied[:n], self.unapplied[n:]
+            try:
+                self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes],
+                                      w.tli if w is not None else None, must_apply=True)
+            except Exception as e:
+                raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
+        done = [(c, cw) for c, cw in self.commit_queue if flushed is None or cw.end_lsn <= flushed]
+        if done:
+            self.commit_queue = [(c, cw) for c, cw in self.commit_queue if flushed is not None and cw.end_lsn > flushed]
+            for conn, _w in done:
+                conn.after_commit()
+
+    def publish(self) -> None:
+        """Positions to shared memory, then wake the walsenders."""
+        w = self.writer
+        if w is None:
+            return
+        if self.trace.on:
+            self.trace.note("primary_flushed", w.flush_lsn)
+        with self.shared.xlog.locked() as x:
+            x.set(insert_lsn=w.insert_lsn, write_lsn=w.write_lsn, flush_lsn=w.flush_lsn,
+                  last_record_lsn=w.prev_lsn)
+        for i, slot in enumerate(self.shared.walsnd):
+            if slot.get("pid"):
+                self.shared.walsnd_latches[i].set()
