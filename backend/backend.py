@@ -18,8 +18,7 @@ latch; it drains ``shared.latches['backend']`` each round.
 What it owns: the WalWriter (on a primary), the key/value store's write
 connection, xid assignment, the sessions.  Group commit
 (backend/groupcommit.py): within one loop round every session that commits
-only inserts its commit record; then one fdatasync (inline, or in the WAL
-writer's helper thread while other clients are served), publication of
+only inserts its commit record; then one fdatasync, publication of
 insert/write/flush positions in ``shared.xlog`` with the walsender latches
 set, one SQLite transaction applying the commits (``apply_many``), and only
 then the CommandCompletes go out.  A commit is never acknowledged before
@@ -39,15 +38,17 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable, Generator
 from typing import Any
 
 from backend import checkpoint as ckpt
+from backend.activity import Activity
 from backend.fdbudget import FdBudget
 from backend.groupcommit import GroupCommit
 from backend.session import AUTHENTICATION_TIMEOUT, Connection, ConnState, handoff_payload
 from backend.sql import Engine, SQLError, Txn
 from backend.tlsrelay import Relay
-from backend.waits import CommitWait, Panic
+from backend.waits import CommitWait, Panic, ThreadJob, Until, Wait
 from libpq import protocol as P
 from libpq import tls as tls_mod
 from libpq.hba import HbaError, HbaRules, load_hba
@@ -80,6 +81,7 @@ class Backend(GroupCommit, Engine):
         self.commit_queue: list[tuple[Connection, CommitWait]] = []
         self.unapplied: list[CommitWait] = []
         self.sleepers: list[Connection] = []
+        self.auth_waiters: list[Connection] = []     # a password check (PBKDF2) runs in a thread
         self.shutdown_mode: str | None = None
         self.reload_pending = False
         self.tls: tuple[ssl.SSLContext, bytes] | None = None   # context and tls-server-end-point hash
@@ -103,7 +105,6 @@ class Backend(GroupCommit, Engine):
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
         self.trace = lagtrace.start(self.datadir, "backend", self.config)
-        self.walsync_fd: int | None = None   # the WAL writer's background-flush pipe, once registered
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -194,6 +195,12 @@ class Backend(GroupCommit, Engine):
             self.bump_checkpoint_request()
             return
         ckpt.create_checkpoint(self, "immediate force wait")
+
+    def offload(self, fn: Callable[[], Any]) -> Generator[Wait, None, Any]:
+        """``fn`` in a thread; the statement waits for it (cancellably) while the loop goes on."""
+        job = ThreadJob(fn, self.wake, "offload")
+        yield Until(job.done.is_set, float("inf"))
+        return job.value()
 
     def bump_checkpoint_request(self) -> None:
         pm = self.shared.pm
@@ -296,12 +303,40 @@ class Backend(GroupCommit, Engine):
 
     def cancel_request(self, pid: int, key: int) -> None:
         """CancelRequest: cancel the running statement of the session with this (pid, key)."""
-        if pid != os.getpid():
-            return
-        for conn in list(self.conns.values()):
-            if conn.cancel_key == key and conn.session is not None:
+        conn = self.session_by_pid(pid)
+        if conn is not None and conn.cancel_key == key:
+            conn.request_interrupt("57014", "canceling statement due to user request")
+
+    def session_by_pid(self, pid: int) -> Connection | None:
+        for conn in self.conns.values():
+            if conn.pid == pid and conn.session is not None and not conn.closed:
+                return conn
+        return None
+
+    def activity(self) -> list[Activity]:
+        """pg_stat_activity: the sessions of this loop, then the walsenders (from shared memory)."""
+        out = [a for a in (c.activity() for c in self.conns.values()) if a is not None]
+        for slot in self.shared.walsnd:
+            s = slot.read()
+            if s["pid"]:
+                out.append(Activity(
+                    pid=s["pid"], usename=None, superuser=True, datname=None,
+                    application_name=s["application_name"], client_addr=s["client_addr"] or None,
+                    client_port=s["client_port"] if s["client_addr"] else None,
+                    backend_start_us=s["backend_start_us"] or None, state="active", backend_type="walsender"))
+        return out
+
+    def signal_backend(self, pid: int, terminate: bool) -> None:
+        conn = self.session_by_pid(pid)
+        if conn is not None:
+            if terminate:
+                conn.terminate()
+            else:
                 conn.request_interrupt("57014", "canceling statement due to user request")
-                return
+        elif terminate:
+            # A walsender: a real process; SIGTERM ends it (after what it streams is sent).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
 
     def check_statement_timeouts(self) -> None:
         now = time.monotonic()
@@ -428,9 +463,10 @@ class Backend(GroupCommit, Engine):
         overrides = [(k, str(v)) for k, v in self.config.values.items()
                      if self.config.sources.get(k) == "command line"]
         try:
-            self.config = cfgmod.load(self.datadir, overrides)
+            self.config = cfgmod.load(self.datadir, overrides, previous=self.config)
         except cfgmod.ConfigError as e:
-            log.error("configuration file was not reloaded: %s", e)
+            # The postmaster logs the file's errors (PostgreSQL's children report them at DEBUG2).
+            log.debug("configuration file was not reloaded: %s", e)
             return
         try:
             self.load_tls()
@@ -521,8 +557,6 @@ class Backend(GroupCommit, Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
-                elif data == "walsync":
-                    pass    # a background flush ended: group_commit collects it
                 elif isinstance(data, Relay):
                     if mask & selectors.EVENT_READ and not data.closed:
                         data.on_readable()
@@ -535,6 +569,8 @@ class Backend(GroupCommit, Engine):
                     if mask & selectors.EVENT_WRITE and not conn.closed:
                         conn.flush_out()
             self.group_commit()
+            if self.auth_waiters:
+                self.auth_waiters = [c for c in self.auth_waiters if not c.auth_check_done()]
             self.wake_sleepers()
             self.check_statement_timeouts()
             self.group_commit()
@@ -568,9 +604,18 @@ class Backend(GroupCommit, Engine):
         log.debug("backend: promoted in place, WAL inserter at %s", format_lsn(self.writer.insert_lsn))
 
     def loop_timeout(self) -> float:
-        if self.commit_queue and not (self.writer is not None and self.writer.flush_in_flight):
+        """0 with commits to finish; else until the soonest sleeper is due (a long statement's pause
+        is due at once), at most LOOP_TIMEOUT."""
+        if self.commit_queue:
             return 0.0
-        return LOOP_TIMEOUT
+        timeout = LOOP_TIMEOUT
+        if self.sleepers:
+            now = time.monotonic()
+            for conn in self.sleepers:
+                w = conn.wait
+                if isinstance(w, Until):
+                    timeout = min(timeout, max(0.0, w.deadline - now))
+        return timeout
 
     def postmaster_died(self) -> bool:
         try:
@@ -663,10 +708,6 @@ class Backend(GroupCommit, Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
-        if self.walsync_fd is not None:
-            with contextlib.suppress(Exception):
-                self.sel.unregister(self.walsync_fd)
-            self.walsync_fd = None
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()

@@ -18,6 +18,7 @@ Never logged: a password or anything derived from it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,9 +109,21 @@ class ClientAuth:
         self.out += a.feed(body)
         return self._check()
 
+    @property
+    def deferred(self) -> "Callable[[], bool] | None":
+        """A slow password check for the caller to run off its loop, then pass to ``complete``."""
+        return self.authenticator.deferred if self.authenticator is not None else None
+
+    def complete(self, ok: bool) -> AuthOutcome | None:
+        assert self.authenticator is not None
+        self.out += self.authenticator.complete(ok)
+        return self._check()
+
     def _check(self) -> AuthOutcome | None:
         a = self.authenticator
         assert a is not None
+        if a.deferred is not None:
+            return None
         if a.error is not None:
             return self._refuse(a.error.sqlstate, a.error.message, a.error.log_detail)
         if not a.done:

@@ -207,6 +207,7 @@ class Extended:
             if s.failed and not st.txn_control:
                 raise SQLError("25P02", "current transaction is aborted, commands ignored until end of "
                                         "transaction block")
+            s.note_query(portal.prepared.text)
             s.capture = portal.result = Capture()
             s.bound, s.bound_types = portal.params, portal.prepared.param_types
             s._implicit = True       # the implicit transaction lasts until Sync

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from backend import roles
+from backend import activity, roles
 from backend.nodes import (
     BOOL, FLOAT8, INET, INT4, INTERVAL, NAME, NUMERIC, OID, PG_LSN, SERVER_VERSION, TEXT, TIMESTAMPTZ, UNKNOWN, XID,
     Value
@@ -33,6 +33,8 @@ class FuncDef:
     nargs: tuple[int, int]
     rettype: int
     blocking: bool = False
+    # A blocking function's form that does not wait, for where a statement cannot wait (beside a FROM)
+    nowait: Callable[..., Any] | None = None
 
 
 FUNCS: dict[str, FuncDef] = {}
@@ -170,6 +172,58 @@ def _f_pid(ctx: Any, args: list[Value]) -> Value:
     return (ctx.pid, INT4)
 
 
+def _signal_target(ctx: Any, pid: int, terminate: bool) -> bool:
+    """pg_signal_backend: find the session or walsender, check the privilege, signal it."""
+    target = next((a for a in ctx.engine.activity() if a.pid == pid), None)
+    if target is None:
+        ctx.notice(f"PID {pid} is not a PostgreSQL backend process", "WARNING", "01000")
+        return False
+    activity.check_signal(ctx, target, terminate)
+    ctx.engine.signal_backend(pid, terminate)
+    return True
+
+
+@sqlfunc("pg_cancel_backend", 1, BOOL)
+def _f_cancel_backend(ctx: Any, args: list[Value]) -> Value:
+    pid = as_int(args[0])
+    return (None if pid is None else _signal_target(ctx, pid, terminate=False), BOOL)
+
+
+def _terminate_args(args: list[Value]) -> tuple[int | None, int]:
+    pid = as_int(args[0])
+    timeout = as_int(args[1]) if len(args) > 1 else 0
+    if timeout is not None and timeout < 0:
+        raise SQLError("22003", '"timeout" must not be negative')
+    return pid, timeout or 0
+
+
+def _terminate_nowait(ctx: Any, args: list[Value]) -> Value:
+    pid, _timeout = _terminate_args(args)
+    return (None if pid is None else _signal_target(ctx, pid, terminate=True), BOOL)
+
+
+def _terminate(ctx: Any, args: list[Value]) -> Generator[Wait, None, Value]:
+    """pg_terminate_backend(pid, timeout ms): with a timeout, wait until the pid is gone."""
+    pid, timeout = _terminate_args(args)
+    if pid is None:
+        return (None, BOOL)
+    if not _signal_target(ctx, pid, terminate=True):
+        return (False, BOOL)
+    if timeout > 0:
+        deadline = time.monotonic() + timeout / 1000
+        gone = lambda: all(a.pid != pid for a in ctx.engine.activity())  # noqa: E731
+        while not gone():
+            if time.monotonic() >= deadline:
+                ctx.notice(f"backend with PID {pid} did not terminate within {timeout} "
+                           f"millisecond{'' if timeout == 1 else 's'}", "WARNING", "01000")
+                return (False, BOOL)
+            yield Until(gone, deadline)
+    return (True, BOOL)
+
+
+FUNCS["pg_terminate_backend"] = FuncDef(_terminate, (1, 2), BOOL, blocking=True, nowait=_terminate_nowait)
+
+
 @sqlfunc("current_setting", (1, 2), TEXT)
 def _f_current_setting(ctx: Any, args: list[Value]) -> Value:
     name = as_text(args[0]) or ""
@@ -250,7 +304,9 @@ REL_COLUMNS: dict[str, list[tuple[str, int]]] = {
         ("latest_end_lsn", PG_LSN), ("latest_end_time", TIMESTAMPTZ), ("slot_name", TEXT),
         ("sender_host", TEXT), ("sender_port", INT4), ("conninfo", TEXT)],
 }
+REL_COLUMNS["pg_stat_activity"] = activity.COLUMNS
 REL_ALIASES = {"public.kv": "kv", "pg_catalog.pg_stat_replication": "pg_stat_replication",
+               "pg_catalog.pg_stat_activity": "pg_stat_activity",
                "pg_catalog.pg_stat_wal_receiver": "pg_stat_wal_receiver",
                "pg_catalog.pg_roles": "pg_roles", "pg_catalog.pg_authid": "pg_authid"}
 REL_COLUMNS.update(roles.VIEW_COLUMNS)

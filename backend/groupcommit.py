@@ -2,10 +2,8 @@
 
 A session's commit record is inserted by ``Backend.log_commit``; the session
 then waits (``CommitWait``) in ``commit_queue`` and in ``unapplied``.  Each
-loop round ``group_commit`` makes everything inserted durable at once: inline
-when no other client waits to be read, else in the WAL writer's helper thread
-(``WalWriter.begin_flush``) while the loop serves the others; the finished
-flush's pipe wakes the loop's selector.  ``commits_durable`` then publishes
+loop round ``group_commit`` makes everything inserted durable with one
+fdatasync.  ``commits_durable`` then publishes
 the flush position (walsenders woken before the store is touched, as
 PostgreSQL wakes them right after XLogFlush), applies the covered commits to
 the store in WAL order (one SQLite transaction) and answers their sessions.
@@ -31,7 +29,6 @@ class GroupCommit:
     trace: Any
     commit_queue: list[tuple[Connection, CommitWait]]
     unapplied: list[CommitWait]
-    walsync_fd: int | None
     _writer: Any             # Backend._writer(): the WalWriter, or a Panic on a standby
 
     def queue_commit(self, conn: Connection, w: CommitWait) -> None:
@@ -58,63 +55,22 @@ class GroupCommit:
             raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
 
     def group_commit(self) -> None:
-        """Acknowledge the commits whose WAL is durable; make the rest durable.
-
-        When other clients are waiting to be read, the fdatasync runs in the
-        WAL writer's helper thread (``begin_flush``) and this loop serves them
-        meanwhile; the finished flush is collected on a later round (its pipe
-        wakes the selector).  When nobody else waits, it runs here, which saves
-        the commit a thread hand-off.
-        """
-        w = self.writer
-        if w is None:
+        """Make everything inserted durable with one fdatasync, then apply and answer the commits."""
+        if self.writer is None:
             while self.commit_queue:
                 self.apply_pending()
                 self.commits_durable()
             return
-        self.collect_flush(wait=False)
-        if not self.commit_queue or w.flush_in_flight:
-            return
-        if not self.others_waiting():
+        if self.commit_queue:
             self.flush_now()
-            return
-        try:
-            started = w.begin_flush()
-        except OSError as e:
-            raise Panic(f"could not write to WAL: {e}") from e
-        if started:
-            if self.walsync_fd is None:
-                self.walsync_fd = w.flush_done_fd
-                self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
-        else:
-            self.commits_durable()
 
     def flush_now(self) -> None:
-        """Flush here (after any background flush in flight), then publish, apply and answer."""
+        """Flush, then publish, apply and answer."""
         try:
             self._writer().flush()
         except OSError as e:
             raise Panic(f"could not fdatasync WAL: {e}") from e
         self.commits_durable()
-
-    def others_waiting(self) -> bool:
-        """Is any client's input (or a new connection) ready right now?"""
-        try:
-            return any(mask & selectors.EVENT_READ and key.data not in ("death", "signal", "walsync")
-                       for key, mask in self.sel.select(0))
-        except OSError:
-            return False
-
-    def collect_flush(self, wait: bool) -> None:
-        w = self.writer
-        if w is None:
-            return
-        try:
-            target = w.finish_flush(wait)
-        except OSError as e:
-            raise Panic(f"could not fdatasync WAL: {e}") from e
-        if target is not None:
-            self.commits_durable()
 
     def commits_durable(self) -> None:
         """Publish the flush position, apply the commits it covers (in WAL order) and answer them."""

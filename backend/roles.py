@@ -50,6 +50,26 @@ def run_role_sql(session: Any, sql: str) -> str:
     return execute_role_stmt(session, stmts[0].stmt)
 
 
+def passwords_to_hash(session: Any, sql: str) -> list[str]:
+    """The plain passwords a role statement will store as SCRAM secrets: their PBKDF2 (~4096 HMACs)
+    is worth running off the backend's loop first (sql.Session; ``_verifier`` takes the results from
+    ``session.verifier_cache``).  [] when there are none, or the statement does not parse."""
+    if (session.show_value("password_encryption") or "scram-sha-256") == "md5":
+        return []
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return []
+    out = []
+    for raw in stmts:
+        for d in getattr(raw.stmt, "options", None) or ():
+            if getattr(d, "defname", None) == "password" and d.arg is not None:
+                p = getattr(d.arg, "sval", None)
+                if p and scram.parse_verifier(p) is None and not scram.is_md5_verifier(p):
+                    out.append(p)
+    return out
+
+
 def _verifier(session: Any, user: str, password: str | None) -> str | None:
     if password is None:
         return None
@@ -61,7 +81,8 @@ def _verifier(session: Any, user: str, password: str | None) -> str | None:
     method = session.show_value("password_encryption") or "scram-sha-256"
     if method == "md5":
         return scram.md5_verifier(password, user)
-    return scram.make_verifier(password).encode()
+    cached = getattr(session, "verifier_cache", {}).get(password)
+    return cached if cached is not None else scram.make_verifier(password).encode()
 
 
 def _apply_options(session: Any, role: RoleInfo, options: Any) -> None:

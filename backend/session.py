@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import socket
 import ssl
@@ -31,13 +30,15 @@ import time
 from enum import Enum
 from typing import Any, Protocol
 
+from backend.activity import Activity, new_session_pid
 from backend.clientauth import AuthOutcome, ClientAuth
 from backend.extended import Extended
 from backend.nodes import Stmt
 from backend.parse import parse
 from backend.sql import Session
+from backend.startup_options import startup_settings
 from backend.tlsrelay import Relay
-from backend.waits import CommitWait, Panic, Until, Wait
+from backend.waits import CommitWait, Panic, Terminate, ThreadJob, Until, Wait
 from libpq import protocol as P
 from libpq.protocol import ProtocolError, SQLError
 from libpq.tls import TLSChannel
@@ -49,6 +50,7 @@ from utils import elog
 class ConnectionOwner(Protocol):
     """What a connection needs of the loop that owns it (backend/backend.py's Backend)."""
     sleepers: list["Connection"]
+    auth_waiters: list["Connection"]
 
     def queue_commit(self, conn: "Connection", wait: CommitWait) -> None: ...
 
@@ -92,7 +94,10 @@ class Connection:
         self.wait: Wait | None = None
         self.discard_until_sync = False
         self.close_after_flush = False
+        self.pid = new_session_pid()          # the session's pid (backend/activity.py), in BackendKeyData
         self.cancel_key = secrets.randbits(32)
+        self.backend_start_us = time.time_ns() // 1000
+        self.die_pending = False              # pg_terminate_backend while this session runs or commits
         self.born = time.monotonic()
         self.tls: TLSChannel | None = None      # after an SSLRequest answered 'S' (libpq/tls.py)
         self.raw_out = bytearray()              # bytes for the socket once TLS is on (self.out is plaintext)
@@ -105,6 +110,7 @@ class Connection:
         self.interrupt: SQLError | None = None
         self.registered_mask = 0
         self.auth: ClientAuth | None = None   # between StartupMessage and AuthenticationOk
+        self.auth_job: ThreadJob | None = None   # its password check (PBKDF2) running in a thread
         self.role: RoleInfo | None = None     # the authenticated role
 
     # ------------------------------------------------------------ helpers
@@ -120,7 +126,7 @@ class Connection:
         if self.relay is not None:
             return self.relay.client_wants_read()
         return (not self.closed and not self.close_after_flush and self.gen is None
-                and len(self.out) < MAX_PENDING_OUTPUT)
+                and self.auth_job is None and len(self.out) < MAX_PENDING_OUTPUT)
 
     def fatal(self, sqlstate: str, message: str) -> None:
         """FATAL to the client, then close once it is sent."""
@@ -238,13 +244,34 @@ class Connection:
                                b.config["password_encryption"], self.peer_cert_cn)
         self.auth_step(self.auth.begin())
 
+    def auth_check_done(self) -> bool:
+        """The loop's poll of a password check in its thread; True once handled."""
+        job = self.auth_job
+        if job is None or self.closed:
+            self.auth_job = None
+            return True
+        if not job.done.is_set():
+            return False
+        self.auth_job = None
+        if self.auth is None:
+            return True
+        try:
+            ok = bool(job.value())
+        except Exception as e:  # noqa: BLE001 - a failed check is a failed login
+            log.error("password check failed: %s", e)
+            ok = False
+        self.auth_step(self.auth.complete(ok))
+        if self.state == ConnState.READY:
+            self.process_messages()
+        return True
+
     def process_auth(self) -> None:
         if len(self.reader.buf) > MAX_AUTH_MESSAGE:
             # PostgreSQL reads authentication messages with a 64 kB limit (PG_MAX_AUTH_TOKEN_LENGTH).
             self.auth = None
             self.fatal("08P01", "invalid message length")
             return
-        while self.auth is not None and not self.close_after_flush:
+        while self.auth is not None and self.auth_job is None and not self.close_after_flush:
             m = self.reader.next()
             if m is None:
                 return
@@ -257,6 +284,11 @@ class Connection:
         self.out += a.out
         a.out.clear()
         if outcome is None:
+            check = a.deferred
+            if check is not None and self.auth_job is None:
+                # PBKDF2 releases the GIL: the loop serves the others meanwhile (auth_check_done).
+                self.auth_job = ThreadJob(check, self.backend.wake, "password")
+                self.backend.auth_waiters.append(self)
             return
         pkt = a.pkt
         self.auth = None
@@ -286,14 +318,22 @@ class Connection:
         if refusal is not None:
             self.fatal("53300", refusal)
             return
-        self.session = Session(b, os.getpid(), pkt.params)
+        try:
+            settings = startup_settings(pkt.params, role.superuser)
+        except SQLError as e:
+            log.info("%s", e.message)
+            self.fatal(e.sqlstate, e.message)
+            return
+        self.session = Session(b, self.pid, pkt.params)
+        self.session.gucs.update(settings)
         self.session.role = role
+        self.session.check_interrupts = self.check_interrupts
         self.extended = Extended(self.session)
         self.state = ConnState.READY
         params = P.default_server_params(pkt.params.get("application_name", ""), in_hot_standby=b.in_recovery())
         params["is_superuser"] = "on" if role.superuser else "off"
         params["session_authorization"] = role.name
-        self.out += P.startup_greeting(params, os.getpid(), self.cancel_key)
+        self.out += P.startup_greeting(params, self.pid, self.cancel_key)
 
     def process_messages(self) -> None:
         while self.state == ConnState.READY and self.gen is None and not self.close_after_flush \
@@ -391,10 +431,15 @@ class Connection:
         yield from self.session.run(job.text, job.stmts)
 
     def request_interrupt(self, sqlstate: str, message: str) -> None:
-        """Cancel (57014) the running statement if it waits (pg_sleep, pg_promote, a large
-        statement being parsed).  A statement waiting for its commit to be flushed is left
-        alone: the commit record is already in WAL, as PostgreSQL's commit cannot be cancelled.
+        """Cancel (57014) the running statement: at once if it waits (pg_sleep, pg_promote, a large
+        statement being parsed, a long statement's pause), at its next ``check_interrupts`` if it is
+        the one running now (its own pg_cancel_backend).  A statement waiting for its commit to be
+        flushed is left alone: the commit record is already in WAL, as PostgreSQL's commit cannot be
+        cancelled.
         """
+        if self.gen is not None and self.wait is None and not self.closed:
+            self.interrupt = SQLError(sqlstate, message)
+            return
         if self.gen is None or self.closed or not isinstance(self.wait, Until):
             return
         self.interrupt = SQLError(sqlstate, message)
@@ -403,6 +448,69 @@ class Connection:
         self.resume()
         if self.gen is None:
             self.process_messages()
+
+    def check_interrupts(self) -> None:
+        """The session's CHECK_FOR_INTERRUPTS (sql.Session calls it): terminate, cancel, timeout."""
+        if self.die_pending:
+            raise Terminate()
+        if self.interrupt is not None:
+            err, self.interrupt = self.interrupt, None
+            raise err
+        if self.statement_deadline is not None and time.monotonic() >= self.statement_deadline:
+            self.statement_deadline = None
+            raise SQLError("57014", "canceling statement due to statement timeout")
+
+    def terminate(self) -> None:
+        """pg_terminate_backend: FATAL 57P01 and close; a session that runs now (it terminates
+        itself) or waits for its commit's flush dies at its next check or once the commit is done."""
+        if self.closed or self.close_after_flush:
+            return
+        if self.gen is not None and (self.wait is None or isinstance(self.wait, CommitWait)):
+            self.die_pending = True
+            return
+        self.die()
+
+    def die(self) -> None:
+        """End the session as PostgreSQL's ProcessInterrupts on ProcDiePending: drop the running
+        statement, roll back, FATAL 57P01; the connection closes once that is sent."""
+        self.die_pending = False
+        if self.gen is not None:
+            gen, self.gen, self.wait = self.gen, None, None
+            with contextlib.suppress(Exception):
+                gen.close()
+        if self in self.backend.sleepers:
+            self.backend.sleepers.remove(self)
+        self.statement_deadline = None
+        if self.session is not None:
+            self.session.out.clear()
+            self.session.abort_all()
+        log.info("terminating connection due to administrator command")
+        self.fatal("57P01", "terminating connection due to administrator command")
+
+    def activity(self) -> Activity | None:
+        """This session's pg_stat_activity row (None before authentication ends)."""
+        s = self.session
+        if s is None or self.state != ConnState.READY or self.close_after_flush:
+            return None
+        role = self.role
+        if self.gen is not None:
+            state = "active"
+        elif s.failed:
+            state = "idle in transaction (aborted)"
+        elif s.block:
+            state = "idle in transaction"
+        else:
+            state = "idle"
+        addr = self.addr if isinstance(self.addr, tuple) else (None, None)
+        txn = s.txn
+        return Activity(
+            pid=self.pid, usename=role.name if role else None, superuser=bool(role and role.superuser),
+            datname=s.params.get("database") or s.params.get("user"),
+            application_name=s.gucs.get("application_name", ""), client_addr=addr[0], client_port=addr[1],
+            backend_start_us=self.backend_start_us,
+            xact_start_us=s.xact_start_us if (self.gen is not None or s.block) else None,
+            query_start_us=s.query_start_us, state_change_us=s.state_change_us, state=state, query=s.query,
+            usesysid=role.oid if role else None, backend_xid=txn.xid if txn is not None and txn.xid else None)
 
     def resume(self) -> None:
         """Advance the running query until it waits or ends."""
@@ -418,16 +526,25 @@ class Connection:
         except StopIteration:
             self.gen = None
             self.statement_deadline = None
+            s.state_change_us = time.time_ns() // 1000
+            if self.die_pending:
+                self.die()
+                return
             self.out += s.out
             s.out.clear()
             if self.gen_ends_with_ready:
                 self.out += P.ready_for_query(s.status)
+            return
+        except Terminate:
+            self.gen = None
+            self.die()
             return
         except Panic:
             raise
         except Exception as e:  # noqa: BLE001 - a bug in one query must not take the others down
             self.gen = None
             self.statement_deadline = None
+            s.state_change_us = time.time_ns() // 1000
             if not isinstance(e, SQLError):
                 log.error("internal error while executing query: %s", e, exc_info=True)
                 e = SQLError("XX000", f"internal error: {e}")
@@ -451,7 +568,10 @@ class Connection:
 
     def after_commit(self) -> None:
         """The backend flushed and applied our commit: go on with the query."""
-        if self.closed:
+        if self.closed or self.gen is None:
+            return
+        if self.die_pending:
+            self.die()
             return
         self.resume()
         if self.gen is None:

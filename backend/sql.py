@@ -4,9 +4,13 @@ What it owns: the execution of the statements walswitch accepts (DESIGN.md §6),
 their PostgreSQL command tags and error codes, the per-session transaction
 state machine (idle / in block / failed, plus PostgreSQL's implicit block for
 a multi-statement Query).  Beside it: backend/parse.py (SQL text -> statements),
-backend/extended.py (the extended query protocol), backend/functions.py (SQL
-functions and the system views), backend/values.py (values and casts),
-backend/waits.py (what a statement yields to the backend loop).
+backend/extended.py (the extended query protocol), backend/evaluate.py (expressions),
+backend/functions.py (SQL functions and the system views), backend/values.py (values
+and casts), backend/waits.py (what a statement yields to the backend loop).
+
+A long statement pauses (``Session.pause``, every PAUSE_EVERY of work in its row loops)
+so the loop serves the other sessions and a cancel or statement_timeout lands while it
+runs; ``check_interrupts`` is its CHECK_FOR_INTERRUPTS (the connection supplies it).
 
 What it does not own: WAL and durability.  The executor talks to an
 ``Engine`` (the backend process, or a stand-in in unit tests): it asks the
@@ -24,23 +28,26 @@ syntax error anywhere means no statement of the string executes.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend import roles
+from backend import activity, roles
+from backend.evaluate import Evaluator, _key_equality, walk  # noqa: F401 - walk re-exported
 from backend.functions import (
-    FUNCS, REL_COLUMNS, FuncDef, resolve_relation, stat_replication_rows, stat_wal_receiver_rows
+    FUNCS, REL_COLUMNS, resolve_relation, stat_replication_rows, stat_wal_receiver_rows
 )
 from backend.nodes import (
-    BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, OID, PG_LSN, SERVER_VERSION, TEXT, TIMESTAMPTZ,
-    TYPE_NAMES, UNKNOWN, XID, Begin, BinOp, Cast, Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert,
-    IsNull, Param, RoleStmt, Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value
+    BOOL, CAST_TYPES, FLOAT8, INET, INT4, INT8, INTERVAL, NAME, NUMERIC, PG_LSN, SERVER_VERSION, TEXT, TYPE_NAMES,
+    UNKNOWN, Begin, BinOp, Cast, Checkpoint, ColRef, Commit, Const, Delete, Expr, Func, InList, Insert, IsNull, Param,
+    RoleStmt, Rollback, Select, SelItem, SetStmt, Show, Stmt, UnOp, Update, Value
 )
 from backend.parse import parse
-from backend.values import as_bool, as_int, as_lsn, as_text, cast, to_text, type_name
+from backend.values import as_int, as_text, to_text
 from backend.waits import CommitWait, Panic, Until, Wait  # noqa: F401 - Panic and Until re-exported for callers
 from libpq import protocol as P
+from libpq import scram
 from libpq.protocol import SQLError
 from utils.config import READ_ONLY, SETTINGS
 
@@ -84,6 +91,20 @@ class Engine:
     def request_reload(self) -> None:
         raise NotImplementedError
 
+    def activity(self) -> "list[activity.Activity]":
+        """The sessions and walsenders for pg_stat_activity."""
+        return []
+
+    def signal_backend(self, pid: int, terminate: bool) -> None:
+        """Cancel the running statement of (or terminate) the session or walsender ``pid``."""
+        raise NotImplementedError
+
+    def offload(self, fn: Callable[[], Any]) -> Generator[Wait, None, Any]:
+        """Run ``fn`` (C code that releases the GIL) without holding up other sessions; the backend
+        runs it in a thread and waits (cancellably).  Here, with no loop to keep going: inline."""
+        return fn()
+        yield  # pragma: no cover - makes this a generator
+
     def timeline(self) -> int:
         return 1
 
@@ -110,9 +131,17 @@ class Txn:
 # ---------------------------------------------------------------------------
 # the session
 
+# Work a statement does between two pauses (the added latency one long statement can cause the others).
+PAUSE_EVERY = 0.01
+
+
+def _due() -> bool:
+    return True
+
+
 SHOW_ALL_COLUMNS = [("name", TEXT), ("setting", TEXT), ("description", TEXT)]
 
-class Session:
+class Session(Evaluator):
     """One client's SQL state; ``run`` executes a Query message."""
 
     def __init__(self, engine: Engine, pid: int = 0, params: dict[str, str] | None = None):
@@ -131,6 +160,25 @@ class Session:
         self.capture: Any = None                     # the portal collecting results (backend/extended.py)
         self.bound: list[Value] | None = None        # $n values of the portal being executed
         self.bound_types: list[int] | None = None    # their declared types (0: not given)
+        # pg_stat_activity: the statement running or last run, and when (µs since the epoch)
+        self.query = ""
+        self.query_start_us: int | None = None
+        self.state_change_us: int | None = None
+        self.xact_start_us: int | None = None
+        self.pause_at = float("inf")     # monotonic time of the running statement's next pause()
+        self.verifier_cache: dict[str, str] = {}    # password -> SCRAM secret made off the loop (roles.py)
+
+    def pause(self) -> Generator[Wait, None, None]:
+        """A long statement's breath: check for interrupts, then yield to the backend's loop (an
+        ``Until`` already due) so that the other sessions' messages and commits go on meanwhile; a
+        CancelRequest or statement_timeout is thrown in here.  Callers check ``pause_at`` first."""
+        self.check_interrupts()
+        yield Until(_due, 0.0)
+        self.pause_at = time.monotonic() + PAUSE_EVERY
+
+    def check_interrupts(self) -> None:
+        """CHECK_FOR_INTERRUPTS: the connection replaces this with its own (raises 57014, or
+        waits.Terminate); the executor calls it before results go out and between statements."""
 
     # -- protocol output
     def send(self, data: bytes) -> None:
@@ -212,6 +260,7 @@ class Session:
 
         ``stmts``: already parsed (the backend parses very large statements off its loop).
         """
+        self.note_query(sql)
         try:
             stmts = parse(sql) if stmts is None else stmts
         except SQLError as e:
@@ -228,6 +277,7 @@ class Session:
                         raise SQLError("25P02", "current transaction is aborted, commands ignored "
                                                 "until end of transaction block")
                     yield from self.execute(st)
+                    self.check_interrupts()
                     if not self.block and not self._implicit:
                         yield from self._commit()
                 except SQLError as e:
@@ -237,6 +287,16 @@ class Session:
                 yield from self._commit()
         finally:
             self._implicit = False
+
+    def note_query(self, sql: str) -> None:
+        """A statement starts (pg_stat_activity's query, query_start, xact_start)."""
+        now = time.time_ns() // 1000
+        # track_activity_query_size (1024): the first 1023 bytes, as PostgreSQL keeps them
+        self.query = sql if len(sql) < 256 else sql.encode()[:1023].decode(errors="ignore")
+        self.query_start_us = self.state_change_us = now
+        self.pause_at = time.monotonic() + PAUSE_EVERY
+        if not self.block:
+            self.xact_start_us = now
 
     def _fail(self, e: SQLError) -> None:
         self.send(e.encode())
@@ -248,11 +308,11 @@ class Session:
         if isinstance(st, Select):
             yield from self.exec_select(st)
         elif isinstance(st, Insert):
-            self.exec_insert(st)
+            yield from self.exec_insert(st)
         elif isinstance(st, Delete):
-            self.exec_delete(st)
+            yield from self.exec_delete(st)
         elif isinstance(st, Update):
-            self.exec_update(st)
+            yield from self.exec_update(st)
         elif isinstance(st, Begin):
             self.exec_begin(st)
         elif isinstance(st, Commit):
@@ -264,7 +324,14 @@ class Session:
         elif isinstance(st, SetStmt):
             self.exec_set(st)
         elif isinstance(st, RoleStmt):
-            self.complete(roles.run_role_sql(self, st.text))
+            plain = roles.passwords_to_hash(self, st.text)
+            if plain:
+                self.verifier_cache = yield from self.engine.offload(
+                    lambda: {p: scram.make_verifier(p).encode() for p in plain})
+            try:
+                self.complete(roles.run_role_sql(self, st.text))
+            finally:
+                self.verifier_cache = {}
         elif isinstance(st, Checkpoint):
             roles.require_superuser(self, "must be superuser to do CHECKPOINT")
             self.engine.checkpoint()
@@ -319,7 +386,7 @@ class Session:
             "server_version": "15.0", "server_version_num": "150000", "wal_level": "replica",
             "in_hot_standby": "on" if eng.in_recovery() else "off", "search_path": '"$user", public',
             "application_name": self.params.get("application_name", ""),
-            "data_directory": eng.datadir, "lc_messages": "C", "lc_collate": "C", "lc_ctype": "C",
+            "data_directory": eng.datadir, "data_directory_mode": _directory_mode(eng.datadir), "lc_messages": "C", "lc_collate": "C", "lc_ctype": "C",
             "wal_segment_size": _format_bytes(eng.segsize()), "full_page_writes": "on",
         }
         if special.get(name) is not None:
@@ -402,7 +469,7 @@ class Session:
         self.engine.log_change(txn, op, key, value)
         txn.add(op, key, value)
 
-    def exec_insert(self, st: Insert) -> None:
+    def exec_insert(self, st: Insert) -> Generator[Wait, None, None]:
         rel = resolve_relation(st.table)
         if rel != "kv":
             raise SQLError("42809", f'cannot insert into view "{rel}"')
@@ -427,6 +494,8 @@ class Session:
                 raise SQLError("23502", 'null value in column "key" of relation "kv" violates not-null constraint',
                                detail=f"Failing row contains ({vals}).")
             rows.append((rec["key"], rec["value"]))
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         txn = self._check_writable("INSERT")
         n = 0
         for key, value in rows:
@@ -434,9 +503,11 @@ class Session:
                 continue
             self._write(txn, "put", key, value)
             n += 1
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"INSERT 0 {n}")
 
-    def _matching_keys(self, where: Expr | None) -> list[tuple[str, str | None]]:
+    def _matching_keys(self, where: Expr | None) -> Generator[Wait, None, list[tuple[str, str | None]]]:
         key = _key_equality(where)
         if key is not None:
             found, value = self.kv_lookup(key)
@@ -445,20 +516,24 @@ class Session:
         for k, v in self.kv_rows():
             if where is None or self._truthy(self.eval(where, {"key": (k, TEXT), "value": (v, TEXT)})):
                 out.append((k, v))
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         return out
 
-    def exec_delete(self, st: Delete) -> None:
+    def exec_delete(self, st: Delete) -> Generator[Wait, None, None]:
         rel = resolve_relation(st.table)
         if rel != "kv":
             raise SQLError("42809", f'cannot delete from view "{rel}"')
         self._check_columns(st.where, "kv")
-        matched = self._matching_keys(st.where)
+        matched = yield from self._matching_keys(st.where)
         txn = self._check_writable("DELETE")
         for k, _v in matched:
             self._write(txn, "delete", k, None)
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"DELETE {len(matched)}")
 
-    def exec_update(self, st: Update) -> None:
+    def exec_update(self, st: Update) -> Generator[Wait, None, None]:
         rel = resolve_relation(st.table)
         if rel != "kv":
             raise SQLError("55000", f'cannot update view "{rel}"')
@@ -466,7 +541,7 @@ class Session:
             if col not in ("key", "value"):
                 raise SQLError("42703", f'column "{col}" of relation "kv" does not exist')
         self._check_columns(st.where, "kv")
-        matched = self._matching_keys(st.where)
+        matched = yield from self._matching_keys(st.where)
         txn = self._check_writable("UPDATE")
         for k, v in matched:
             row = {"key": (k, TEXT), "value": (v, TEXT)}
@@ -478,6 +553,8 @@ class Session:
             if new["key"] != k:
                 self._write(txn, "delete", k, None)
             self._write(txn, "put", new["key"], new["value"])
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"UPDATE {len(matched)}")
 
     # -- SELECT
@@ -612,11 +689,18 @@ class Session:
         else:
             raw = stat_replication_rows(self.engine.shared) if rel == "pg_stat_replication" \
                 else roles.view_rows(self, rel) if rel in roles.VIEW_COLUMNS \
+                else activity.view_rows(self, self.engine.activity()) if rel == "pg_stat_activity" \
                 else stat_wal_receiver_rows(self.engine.shared)
             names = [c for c, _ in REL_COLUMNS[rel]]
             src_rows = [dict(zip(names, r)) for r in raw]
         if st.where is not None:
-            src_rows = [r for r in src_rows if self._truthy(self.eval(st.where, r))]
+            kept = []
+            for r in src_rows:
+                if self._truthy(self.eval(st.where, r)):
+                    kept.append(r)
+                if time.monotonic() >= self.pause_at:
+                    yield from self.pause()
+            src_rows = kept
         if aggregate:
             out_rows = [[self._aggregate(e, src_rows) for e in exprs]]
         else:
@@ -641,9 +725,14 @@ class Session:
                         v = self.eval(e, r)
                     vals.append(v)
                 out_rows.append(vals)
+                if time.monotonic() >= self.pause_at:
+                    yield from self.pause()
+        self.check_interrupts()       # a cancel or terminate that this very statement sent lands here
         self.result_columns(cols)
         for vals in out_rows:
             self.result_row(vals)
+            if time.monotonic() >= self.pause_at:
+                yield from self.pause()
         self.complete(f"SELECT {len(out_rows)}")
 
     def _aggregate(self, e: Expr, rows: list[dict[str, Value]]) -> Value:
@@ -671,170 +760,15 @@ class Session:
                 rows = sorted(rows, key=lambda r, e=e: str(self.eval(e, r)[0]), reverse=desc)
         return rows
 
-    # -- expression evaluation
-    @staticmethod
-    def _truthy(v: Value) -> bool:
-        return v[0] is True or (v[1] != BOOL and v[0] is not None and as_bool(v) is True)
 
-    def _check_arity(self, e: Func, fd: FuncDef) -> None:
-        lo, hi = fd.nargs
-        if not lo <= len(e.args) <= hi or e.star:
-            self._unknown_function(e, None)
-
-    def eval(self, e: Expr, row: dict[str, Value] | None) -> Value:
-        if isinstance(e, Const):
-            return (e.value, e.oid)
-        if isinstance(e, ColRef):
-            if row is None or e.name not in row:
-                full = f"{e.qual}.{e.name}" if e.qual else e.name
-                raise SQLError("42703", f'column "{full}" does not exist')
-            return row[e.name]
-        if isinstance(e, Cast):
-            return cast(self.eval(e.expr, row), e.typename)
-        if isinstance(e, Func):
-            if e.name == "count":
-                raise SQLError("42803", "aggregate functions are not allowed here")
-            fd = FUNCS.get(e.name)
-            if fd is None:
-                self._unknown_function(e, None)
-            self._check_arity(e, fd)
-            if fd.blocking:
-                raise SQLError("0A000", f"{e.name}() can only be called at the top level of a SELECT list")
-            return fd.impl(self, [self.eval(a, row) for a in e.args])
-        if isinstance(e, IsNull):
-            isnull = self.eval(e.expr, row)[0] is None
-            return (isnull != e.negated, BOOL)
-        if isinstance(e, UnOp):
-            v = self.eval(e.expr, row)
-            if e.op == "not":
-                b = as_bool(v)
-                return (None if b is None else not b, BOOL)
-            if v[0] is None:
-                return v
-            if v[1] == NUMERIC:
-                return ("-" + v[0] if not str(v[0]).startswith("-") else str(v[0])[1:], NUMERIC)
-            return (-as_int(v), v[1] if v[1] in (INT4, INT8) else INT4)
-        if isinstance(e, BinOp):
-            return self._binop(e, row)
-        if isinstance(e, Param):
-            return self.param_value(e.number)
-        if isinstance(e, InList):
-            return self._in_list(e, row)
-        raise SQLError("0A000", "unsupported expression")  # pragma: no cover
-
-    def param_value(self, n: int) -> Value:
-        if self.bound is None or n > len(self.bound):
-            raise SQLError("42P02", f"there is no parameter ${n}")
-        return self.bound[n - 1]
-
-    def _in_list(self, e: InList, row: dict[str, Value] | None) -> Value:
-        """PostgreSQL's IN: true on a match, else NULL if anything compared was NULL, else false."""
-        left = Const(*self.eval(e.expr, row))
-        saw_null = left.value is None
-        for item in e.items:
-            hit = self._binop(BinOp("=", left, item), row)[0]
-            if hit:
-                return (not e.negated, BOOL)
-            saw_null |= hit is None
-        return (None, BOOL) if saw_null else (e.negated, BOOL)
-
-    def _binop(self, e: BinOp, row: dict[str, Value] | None) -> Value:
-        op = e.op
-        if op in ("and", "or"):
-            a = as_bool(self.eval(e.left, row))
-            if op == "and" and a is False:
-                return (False, BOOL)
-            if op == "or" and a is True:
-                return (True, BOOL)
-            b = as_bool(self.eval(e.right, row))
-            if op == "and":
-                return (False, BOOL) if b is False else ((None, BOOL) if None in (a, b) else (True, BOOL))
-            return (True, BOOL) if b is True else ((None, BOOL) if None in (a, b) else (False, BOOL))
-        a, b = self.eval(e.left, row), self.eval(e.right, row)
-        if op in ("is", "is not"):
-            same = a[0] is not None and as_bool(a) == b[0]
-            return (same if op == "is" else not same, BOOL)
-        if a[0] is None or b[0] is None:
-            return (None, BOOL if op in ("=", "<>", "<", ">", "<=", ">=") else TEXT)
-        if op == "||":
-            return ((as_text(a) or "") + (as_text(b) or ""), TEXT)
-        if op in ("=", "<>", "<", ">", "<=", ">="):
-            x, y = _comparable(a, b)
-            res = {"=": x == y, "<>": x != y, "<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}[op]
-            return (res, BOOL)
-        # arithmetic
-        if a[1] == PG_LSN or b[1] == PG_LSN:
-            if op == "-" and a[1] == PG_LSN and b[1] in (PG_LSN, UNKNOWN):
-                return (str(as_lsn(a) - as_lsn(b)), NUMERIC)
-            raise SQLError("42883", f"operator does not exist: {type_name(a)} {op} {type_name(b)}")
-        if NUMERIC in (a[1], b[1]) or FLOAT8 in (a[1], b[1]):
-            x, y = float(a[0]), float(b[0])
-            if op in ("/", "%") and y == 0:
-                raise SQLError("22012", "division by zero")
-            r = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0, "%": x % y if y else 0}[op]
-            return (repr(r), NUMERIC) if FLOAT8 not in (a[1], b[1]) else (r, FLOAT8)
-        x, y = as_int(a), as_int(b)
-        if op in ("/", "%") and y == 0:
-            raise SQLError("22012", "division by zero")
-        if op == "/":
-            r = abs(x) // abs(y) * (1 if (x >= 0) == (y >= 0) else -1)
-        elif op == "%":
-            r = abs(x) % abs(y) * (1 if x >= 0 else -1)
-        else:
-            r = {"+": x + y, "-": x - y, "*": x * y}[op]
-        oid = INT8 if INT8 in (a[1], b[1]) else INT4
-        if oid == INT4 and not -2 ** 31 <= r < 2 ** 31:
-            raise SQLError("22003", "integer out of range")
-        return (r, oid)
-
-
-def _comparable(a: Value, b: Value) -> tuple[Any, Any]:
-    """Comparison operands: numbers as numbers, LSNs as LSNs, everything else as text."""
-    numeric = (INT4, INT8, NUMERIC, FLOAT8, OID, XID)
-    if a[1] in numeric and b[1] in numeric:
-        return float(a[0]) if a[1] in (NUMERIC, FLOAT8) else a[0], \
-            float(b[0]) if b[1] in (NUMERIC, FLOAT8) else b[0]
-    if PG_LSN in (a[1], b[1]):
-        return as_lsn(a), as_lsn(b)
-    if BOOL in (a[1], b[1]):
-        return as_bool(a), as_bool(b)
-    if TIMESTAMPTZ in (a[1], b[1]) or INTERVAL in (a[1], b[1]):
-        if a[1] == b[1]:
-            return a[0], b[0]
-    return as_text(a), as_text(b)
-
-
-def walk(e: Expr | None) -> Iterable[Expr]:
-    """Every node of an expression, parent first; iterative (expressions may nest thousands deep)."""
-    stack = [e] if e is not None else []
-    while stack:
-        e = stack.pop()
-        yield e
-        if isinstance(e, Func):
-            stack.extend(reversed(e.args))
-        elif isinstance(e, BinOp):
-            stack.append(e.right)
-            stack.append(e.left)
-        elif isinstance(e, InList):
-            stack.extend(reversed(e.items))
-            stack.append(e.expr)
-        elif isinstance(e, (Cast, UnOp, IsNull)):
-            stack.append(e.expr)
-
-
-def _key_equality(where: Expr | None) -> str | None:
-    """The key of ``WHERE key = <constant>`` (either side), for a point lookup."""
-    if not isinstance(where, BinOp) or where.op != "=":
+def _directory_mode(path: str) -> str | None:
+    """SHOW data_directory_mode: the data directory's permission bits as PostgreSQL prints them (0700)."""
+    if not path:
         return None
-    for col, other in ((where.left, where.right), (where.right, where.left)):
-        if isinstance(col, ColRef) and col.name == "key" and isinstance(other, Const) and other.value is not None:
-            if isinstance(other.value, bool):
-                return None
-            return as_text((other.value, other.oid))
-        if isinstance(col, ColRef) and col.name == "key" and isinstance(other, Cast) and \
-                isinstance(other.expr, Const) and other.typename in ("text", "varchar"):
-            return as_text((other.expr.value, other.expr.oid))
-    return None
+    try:
+        return f"{os.stat(path).st_mode & 0o777:04o}"
+    except OSError:
+        return None
 
 
 def _format_bytes(n: int) -> str:

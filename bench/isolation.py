@@ -11,8 +11,9 @@ so the client side shares no GIL with the committer) sends 16 MiB statements bac
 * ``select``: ``SELECT '<16 MiB literal>'`` (receive, parse, answer 16 MiB);
 * ``insert``: ``INSERT INTO kv VALUES ('big', '<16 MiB>')`` (receive, parse, 16 MiB of WAL, apply).
 
-Per scenario and run: p50 and p99 of the committer's latency; reported: the median over runs, and
-the difference from the baseline (the figure the issue bounds at 100 ms).  Writes
+Per scenario and run: p50, p99 and max of the committer's latency; reported: the median over runs,
+and the difference from the baseline (the issue bounds the added latency, max included, at 100 ms).
+The machine's load moves these figures a lot: compare two versions back to back.  Writes
 bench-results/isolation.json.
 """
 from __future__ import annotations
@@ -105,6 +106,7 @@ def run(seconds: float = 5.0, runs: int = 3) -> dict:
         s = summary["scenarios"][kind]
         s["added_p50_ms"] = s["p50_ms"] - b["p50_ms"]
         s["added_p99_ms"] = s["p99_ms"] - b["p99_ms"]
+        s["added_max_ms"] = s["max_ms"] - b["max_ms"]
     return summary
 
 
@@ -115,10 +117,12 @@ def main() -> None:
     a = ap.parse_args()
     summary = run(a.seconds, a.runs)
     print(TITLE)
-    print(f"{'scenario':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'+p50':>7} {'+p99':>7} {'commits':>8} {'16MiB stmts':>11}")
+    print(f"{'scenario':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'+p50':>7} {'+p99':>7} {'+max':>7} "
+          f"{'commits':>8} {'16MiB stmts':>11}")
     for kind, s in summary["scenarios"].items():
         print(f"{kind:10} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.1f} {s.get('added_p50_ms', 0):7.2f} "
-              f"{s.get('added_p99_ms', 0):7.2f} {s['commits']:8.0f} {s['big_statements']:11.0f}")
+              f"{s.get('added_p99_ms', 0):7.2f} {s.get('added_max_ms', 0):7.1f} {s['commits']:8.0f} "
+              f"{s['big_statements']:11.0f}")
     out = Path(ROOT, "bench-results")
     out.mkdir(exist_ok=True)
     (out / "isolation.json").write_text(json.dumps(summary, indent=2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,9 @@ class Authenticator:
         self.scram: scram.ScramServer | None = None
         self.md5_salt = b""
         self.log_detail = ""
+        # A password check too slow for an event loop (PBKDF2 of a SCRAM secret, ~4096 HMACs): the
+        # caller runs it (in a thread) and hands the answer to ``complete``.
+        self.deferred: Callable[[], bool] | None = None
         if role is None:
             self.log_detail = f'Role "{user}" does not exist.'
         elif self.secret is None:
@@ -103,11 +107,17 @@ class Authenticator:
         else:
             v = scram.parse_verifier(self.secret)
             if v is not None:
-                ok = scram.verify_password(v, text)
+                self.deferred = lambda: scram.verify_password(v, text)
+                return b""
             elif scram.is_md5_verifier(self.secret):
                 ok = hmac.compare_digest(scram.md5_verifier(text, self.user), self.secret or "")
             else:
                 ok = False
+        return self.complete(ok)
+
+    def complete(self, ok: bool) -> bytes:
+        """The answer of a password check (``deferred``'s, or one made inline)."""
+        self.deferred = None
         if ok:
             self.done = True
             return b""

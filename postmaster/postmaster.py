@@ -205,6 +205,9 @@ class Postmaster:
         set_title(f"postmaster -D {self.datadir}")
         log.info("starting walswitch %s server on %s:%d", "standby" if self.standby else "primary", host, port)
         log.info('listening on IPv4 address "%s", port %d', host, port)
+        for path, skipped in self.config.skipped:
+            log.info('PostgreSQL settings that walswitch does not implement were ignored in file "%s": %s',
+                     path, ", ".join(skipped))
         self.events.emit("postmaster_start", mode="standby" if self.standby else "primary", port=port)
 
     def open_listen_socket(self, host: str, port: int) -> socket.socket:
@@ -272,13 +275,23 @@ class Postmaster:
             # SIGCHLD: reap_children runs every iteration anyway.
 
     def reload(self) -> None:
+        """SIGHUP: re-read the settings as PostgreSQL's ProcessConfigFile (a file with errors is
+        logged, and the changes it allows applied), then signal every child whatever the files held:
+        the backend re-reads pg_hba.conf, each child its settings."""
         from utils import config as cfgmod
-        try:
-            self.config = cfgmod.load(self.datadir, self.config_overrides())
-        except cfgmod.ConfigError as e:
-            log.error("configuration file was not reloaded: %s", e)
-            return
         log.info("received SIGHUP, reloading configuration files")
+        try:
+            new = cfgmod.load(self.datadir, self.config_overrides(), previous=self.config)
+        except cfgmod.ConfigError as e:
+            log.error("%s", e)
+            log.error('configuration file "%s" contains errors; no changes were applied',
+                      cfgmod.error_file(e, self.datadir))
+        else:
+            for line in new.errors:
+                log.error("%s", line)
+            if new.reload_summary():
+                log.error("%s", new.reload_summary())
+            self.config = new
         for c in list(self.children.values()):
             self.signal_child(c, signal.SIGHUP)
 

@@ -725,27 +725,3 @@ def test_read_records_follows_timeline_change_and_begin_read() -> None:
         r.begin_read(starts[3])
         assert [x.lsn for x in r.read_records(3)] == starts[3:6]
 
-
-def test_background_flush_moves_flush_lsn_only_when_collected() -> None:
-    """begin_flush writes and hands the fdatasync to the helper thread; the caller keeps inserting;
-    flush_lsn and the segment reports move when finish_flush collects it; flush() waits for it."""
-    import select
-
-    with tempfile.TemporaryDirectory() as d:
-        done: list = []
-        w = new_writer(d, done=done)
-        w.insert(*checkpoint_record(CheckPoint(START + 40, 1, 1), shutdown=True))
-        _s, e1 = w.insert(C.RM_KV_ID, C.KV_PUT, 10, KvPut("a", "x" * (SEG + 100)).pack())
-        assert w.begin_flush() and w.flush_in_flight
-        assert w.flush_lsn < e1 and done == []
-        _s, e2 = w.insert(C.RM_KV_ID, C.KV_PUT, 11, KvPut("b", "y").pack())   # while the thread syncs
-        assert select.select([w.flush_done_fd], [], [], 10)[0], "the helper thread never said it was done"
-        assert w.finish_flush(wait=False) == e1 == w.flush_lsn
-        assert [x for x, _ in done] == [1] and not w.flush_in_flight
-        assert w.finish_flush(wait=False) is None
-        assert w.begin_flush()
-        assert w.flush() == e2 and not w.flush_in_flight     # flush() collected the one in flight first
-        assert not w.begin_flush()                            # nothing new: already durable
-        w.close()
-        recs, _r = read_all(d)
-        assert [decode_payload(r).key for r in recs[1:]] == ["a", "b"]

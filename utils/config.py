@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from utils.pg_settings import PG_SETTING_CONTEXT, is_custom_name
+
 CONF_NAME = "walswitch.conf"
 
 
@@ -207,6 +209,19 @@ class Config:
     """Effective settings of one server."""
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # PostgreSQL's settings that walswitch does not implement, found in postgresql.conf or
+    # postgresql.auto.conf and skipped: (file, names).  The postmaster logs them in one line.
+    skipped: list[tuple[str, list[str]]] = field(default_factory=list)
+    # A reload's bad values (each kept its previous value), one line each as PostgreSQL logs them,
+    # and the file that had them.
+    errors: list[str] = field(default_factory=list)
+    error_file: str | None = None
+
+    def reload_summary(self) -> str | None:
+        """PostgreSQL's line after a reload that found bad values (guc-file.l)."""
+        if not self.errors:
+            return None
+        return f'configuration file "{self.error_file}" contains errors; unaffected changes were applied'
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -230,6 +245,8 @@ class Config:
 
 
 def _format_with_unit(v: int, unit: str) -> str:
+    if v == 0:
+        return "0"          # PostgreSQL shows a zero without a unit
     if unit in _TIME_UNITS:
         ms = v * _TIME_UNITS[unit]
         for u in ("d", "h", "min", "s", "ms"):
@@ -257,33 +274,52 @@ PG_CONF_NAMES = ("postgresql.conf", AUTO_CONF_NAME)
 
 
 def load(datadir: str, overrides: list[tuple[str, str]] | None = None,
-         extra_check: Callable[[Config], None] | None = None) -> Config:
+         extra_check: Callable[[Config], None] | None = None, previous: Config | None = None) -> Config:
     """Read DIR/walswitch.conf, then DIR/postgresql.conf and DIR/postgresql.auto.conf if present, then
-    apply overrides; validate everything."""
+    apply overrides; validate everything.
+
+    ``previous``: a reload (SIGHUP).  As PostgreSQL's ProcessConfigFile, a syntax error or an unknown
+    name still raises (no changes are applied), but a bad value only keeps that setting's previous value
+    and is listed in ``errors`` (the other changes apply).  Without it (server start) any error raises.
+    """
     path = os.path.join(datadir, CONF_NAME)
     cfg = Config({s.name: s.default for s in SETTINGS.values()}, {})
-    for name, (raw, line) in parse_file(path).items():
-        if name not in SETTINGS:
-            raise ConfigError(f'unrecognized configuration parameter "{name}" in file "{path}" line {line}')
+
+    def assign(name: str, raw: str, where: str, line: int) -> None:
         try:
             cfg.values[name] = convert(SETTINGS[name], raw)
         except ConfigError as e:
-            raise ConfigError(f'{e} in file "{path}" line {line}') from None
-        cfg.sources[name] = f"{path}:{line}"
+            if previous is None:
+                raise ConfigError(f'{e} in file "{where}" line {line}') from None
+            cfg.errors.append(f'{e} in file "{where}" line {line}')
+            cfg.error_file = where
+            cfg.values[name] = previous.values.get(name, SETTINGS[name].default)
+            if name in previous.sources:
+                cfg.sources[name] = previous.sources[name]
+            return
+        cfg.sources[name] = f"{where}:{line}"
+
+    for name, (raw, line) in parse_file(path).items():
+        if name not in SETTINGS:
+            raise ConfigError(f'unrecognized configuration parameter "{name}" in file "{path}" line {line}')
+        assign(name, raw, path, line)
     # As PostgreSQL reads postgresql.auto.conf after its main file: pg_basebackup -R writes the standby's
-    # primary_conninfo there.  PostgreSQL settings that walswitch does not have are left alone (the file
-    # may come from a PostgreSQL data directory); a known setting with a bad value is an error.
+    # primary_conninfo there.  PostgreSQL's settings that walswitch does not have are skipped (the file
+    # may come from a PostgreSQL data directory) and listed in ``skipped``; a name PostgreSQL does not
+    # know either is an error naming file and line, as PostgreSQL's.
     for auto in (os.path.join(datadir, n) for n in PG_CONF_NAMES):
         if not os.path.exists(auto):
             continue
+        skipped: list[str] = []
         for name, (raw, line) in parse_file(auto).items():
             if name not in SETTINGS:
-                continue
-            try:
-                cfg.values[name] = convert(SETTINGS[name], raw)
-            except ConfigError as e:
-                raise ConfigError(f'{e} in file "{auto}" line {line}') from None
-            cfg.sources[name] = f"{auto}:{line}"
+                if name in PG_SETTING_CONTEXT or is_custom_name(name):
+                    skipped.append(name)
+                    continue
+                raise ConfigError(f'unrecognized configuration parameter "{name}" in file "{auto}" line {line}')
+            assign(name, raw, auto, line)
+        if skipped:
+            cfg.skipped.append((auto, skipped))
     for name, raw in overrides or []:
         if name not in SETTINGS:
             raise ConfigError(f'unrecognized configuration parameter "{name}"')
@@ -292,6 +328,12 @@ def load(datadir: str, overrides: list[tuple[str, str]] | None = None,
     if extra_check:
         extra_check(cfg)
     return cfg
+
+
+def error_file(e: ConfigError, datadir: str) -> str:
+    """The file a load error names (the main settings file when it names none)."""
+    m = re.search(r'file "([^"]+)"', str(e))
+    return m.group(1) if m else os.path.join(datadir, CONF_NAME)
 
 
 def listen_host(cfg: Config) -> str:

@@ -13,23 +13,10 @@ starts after that page's header (see `next_record_lsn`). They equal the
 reader's DecodedRecord.next_lsn / WalReader.end_of_valid_wal.
 
 Not thread-safe: one process, one thread inserts (walswitch has one WAL
-inserter). The buffer lives in this object only; nothing is shared.
-
-Background flush (``begin_flush`` / ``finish_flush``): the inserter writes
-its buffer, then a helper thread runs the fdatasync calls while the
-inserter's loop goes on serving other sessions (PostgreSQL's backends each
-wait on their own XLogFlush; ours share one loop, which spent 45 % of its
-time blocked in fdatasync under pgbench).  ``flush_lsn`` moves only when the
-inserter collects the finished flush; ``flush()`` first waits for one in
-flight, so every synchronous caller sees the old guarantees.  The thread
-never touches this object's state: it gets descriptors, and a descriptor is
-closed only after the flush that covered it was collected.
-"""
+inserter). The buffer lives in this object only; nothing is shared."""
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from typing import Callable
 
 from . import constants as C
@@ -142,54 +129,6 @@ def copy_segment_prefix(pg_wal: str, src_tli: int, dst_tli: int, segno: int, upt
     return _install_file(pg_wal, segment_name(dst_tli, segno, segsize), fill, replace=True)
 
 
-class _Syncer:
-    """One thread that runs fdatasync on the descriptors it is given; a pipe byte says it is done."""
-
-    def __init__(self) -> None:
-        self.done_r, self.done_w = os.pipe()
-        os.set_blocking(self.done_r, False)
-        self.requests: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
-        self.done = threading.Event()
-        self.error: OSError | None = None
-        self.thread = threading.Thread(target=self._run, name="walsync", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            fds = self.requests.get()
-            if fds is None:
-                return
-            try:
-                for fd in fds:
-                    os.fdatasync(fd)
-            except OSError as e:
-                self.error = e
-            self.done.set()
-            try:
-                os.write(self.done_w, b"x")
-            except OSError:
-                pass
-
-    def submit(self, fds: list[int]) -> None:
-        self.done.clear()
-        self.error = None
-        self.requests.put(fds)
-
-    def wait(self) -> None:
-        self.done.wait()
-        try:
-            while os.read(self.done_r, 64):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def close(self) -> None:
-        self.requests.put(None)
-        self.thread.join(10)
-        os.close(self.done_r)
-        os.close(self.done_w)
-
-
 class WalWriter:
     """Appends records to WAL in pg_wal/, PostgreSQL 15 format, starting at start_lsn."""
 
@@ -217,8 +156,6 @@ class WalWriter:
         self._next_report = segno_of(start_lsn, segsize)
         self._closed = False
         self._overwrite_page = -1
-        self._syncer: _Syncer | None = None
-        self._inflight: int | None = None     # target of the background flush running, if any
         if start_lsn % XLOG_BLCKSZ:
             self._buf += self._read_back_partial_page(start_lsn)
 
@@ -379,7 +316,6 @@ class WalWriter:
         Then reports each segment that is now complete and durable, oldest
         first, to on_segment_complete(segno, path).
         """
-        self.finish_flush(wait=True)
         self.write()
         for segno in sorted(self._dirty):
             os.fdatasync(self._fds[segno])
@@ -387,50 +323,6 @@ class WalWriter:
         self._flushed = self._written
         self._report_complete()
         return self._flushed
-
-    # -- background flush ------------------------------------------------------
-    @property
-    def flush_in_flight(self) -> bool:
-        return self._inflight is not None
-
-    @property
-    def flush_done_fd(self) -> int:
-        """Readable when a background flush has finished (select on it, then finish_flush)."""
-        if self._syncer is None:
-            self._syncer = _Syncer()
-        return self._syncer.done_r
-
-    def begin_flush(self) -> bool:
-        """write(), then fdatasync in the background; False when everything written is already durable."""
-        if self._inflight is not None:
-            return True
-        self.write()
-        if not self._dirty:
-            self._flushed = self._written
-            self._report_complete()
-            return False
-        if self._syncer is None:
-            self._syncer = _Syncer()
-        fds = [self._fds[segno] for segno in sorted(self._dirty)]
-        self._dirty.clear()
-        self._inflight = self._written
-        self._syncer.submit(fds)
-        return True
-
-    def finish_flush(self, wait: bool) -> int | None:
-        """Collect a finished background flush: flush_lsn moves to its target (returned); None if none
-        ended.  An fdatasync failure raises its OSError here."""
-        if self._inflight is None or self._syncer is None:
-            return None
-        if not wait and not self._syncer.done.is_set():
-            return None
-        self._syncer.wait()
-        target, self._inflight = self._inflight, None
-        if self._syncer.error is not None:
-            raise self._syncer.error
-        self._flushed = max(self._flushed, target)
-        self._report_complete()
-        return target
 
     def _report_complete(self) -> None:
         while (self._next_report + 1) * self.segsize <= self._flushed:
@@ -450,13 +342,8 @@ class WalWriter:
         try:
             if flush:
                 self.flush()
-            elif self._inflight is not None and self._syncer is not None:
-                self._syncer.wait()      # its descriptors are about to be closed
         finally:
             self._closed = True
-            if self._syncer is not None:
-                self._syncer.close()
-                self._syncer = None
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
