@@ -20,6 +20,7 @@ mean total).  Reported: medians over runs of each run's p50 and p99; the stage t
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import re
 import subprocess
@@ -28,14 +29,31 @@ import time
 from pathlib import Path
 
 from bench.common import (PGBIN, BenchError, median, percentile, pg_basebackup, pg_primary, pg_server, ratio,
-                          tempdir, walswitch_primary, walswitch_server, ws_basebackup)
+                          tempdir, wait_for, walswitch_primary, walswitch_server, ws_basebackup)
 from bench.pgbench_tps import SCRIPT
-from bench.replay_lag import _seconds, wait_streaming
 from utils import lagtrace
 
 TITLE = "replication lag at a fixed commit rate (pgbench -R), and walswitch's latency trace by stage"
 STANDBY_CONF = {"wal_receiver_status_interval": "1s", "wal_retrieve_retry_interval": "1s", "hot_standby": True}
 SETTLE = 1.5
+
+
+def _seconds(v) -> float | None:
+    """replay_lag as seconds: psycopg2 gives a timedelta; accept interval text too (00:00:00.001234)."""
+    if v is None:
+        return None
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
+    m = re.fullmatch(r"\s*(-)?(\d+):(\d+):(\d+(?:\.\d+)?)\s*", str(v))
+    if not m:
+        raise BenchError(f"replay_lag not understood: {v!r}")
+    s = int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
+    return -s if m.group(1) else s
+
+
+def wait_streaming(primary, timeout: float = 60) -> None:
+    wait_for(lambda: primary.query("SELECT state FROM pg_stat_replication WHERE state = 'streaming'"),
+             timeout, f"a streaming standby on the {primary.kind} primary")
 
 
 def pgbench_cmd(server, script: Path, seconds: int, rate: int) -> list[str]:

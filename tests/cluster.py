@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -280,3 +281,17 @@ def share_with_postgres(path: str | Path) -> None:
         if str(p) in ("/tmp", "/"):
             break
         p = p.parent
+
+
+def run_in_thread(fn):
+    """Run fn in a daemon thread; returns (thread, result dict with "value" or "error")."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            result["error"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result

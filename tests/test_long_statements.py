@@ -7,28 +7,14 @@ SELECT filtering many rows.  bench/isolation.py measures the latency others see.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import psycopg2
 import pytest
 
-from tests.cluster import wait_for
+from tests.cluster import run_in_thread, wait_for
 
 ROWS = 40000
-
-
-def run_in_thread(fn):
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            result["error"] = e
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, result
 
 
 def execute(conn, query, args=None):

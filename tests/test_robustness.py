@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import psycopg2
@@ -27,24 +26,11 @@ import pytest
 
 from backend.session import slot_refusal
 from libpq import protocol as P
-from tests.cluster import ROOT, wait_for
+from tests.cluster import run_in_thread, ROOT, wait_for
 
 STARTUP = (lambda body: struct.pack("!I", len(body) + 4) + body)(
     struct.pack("!I", P.PROTOCOL_3) + P.cstr("user") + P.cstr("postgres") + P.cstr("database")
     + P.cstr("postgres") + b"\x00")
-
-
-def run_in_thread(fn):
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            result["error"] = e
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, result
 
 
 def backend_pid_and_key(node) -> tuple[socket.socket, int, int]:

@@ -7,26 +7,12 @@ privilege rule and messages (42501), its WARNING for an unknown pid.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import psycopg2
 import pytest
 
-from tests.cluster import PGBIN, wait_for
-
-
-def run_in_thread(fn):
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            result["error"] = e
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, result
+from tests.cluster import run_in_thread, PGBIN, wait_for
 
 
 def one(conn, query, args=None):
