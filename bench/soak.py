@@ -10,6 +10,7 @@ The product's own code (walswitch/compare/soak.py); files in bench-results/soak*
 from __future__ import annotations
 
 import io
+import sys
 
 from rich.console import Console
 
@@ -24,9 +25,13 @@ SCHEDULES = 200
 def run(schedules: int = SCHEDULES) -> dict:
     buf = io.StringIO()
     con = Console(file=buf, width=160, force_terminal=False, color_system=None)
-    doc, _ = soak(schedules, 1000, APPROACHES, {}, ROOT / "bench-results" / "soak", con)
+    # Hours of schedules: one line per schedule begun and ended on stdout, so progress shows.
+    progress = Console(file=sys.stdout, width=160, force_terminal=False, color_system=None)
+    doc, _ = soak(schedules, 1000, APPROACHES, {}, ROOT / "bench-results" / "soak", con,
+                  display_console=progress, steps=False)
     off, _ = soak(schedules, 5000, ["concurrent"], {"concurrent_guard": "off"},
-                  ROOT / "bench-results" / "soak-guard-off", con, stop_at_first=True)
+                  ROOT / "bench-results" / "soak-guard-off", con, stop_at_first=True,
+                  display_console=progress, steps=False)
     hunt = off["approaches"]["concurrent"]
     found = hunt["violations"][0] if hunt["violations"] else None
     lines = [f"{a}: {v['schedules']} schedules, {sum(v['faults'].values())} faults, "

@@ -127,6 +127,21 @@ def test_postgresql_log_lines_map_onto_our_names(tmp_path):
     assert [e["start_lsn"] for e in tr if e["kind"] == "stream_start"] == [0x8000000, 0x8000000]
 
 
+def test_a_stream_lost_at_once_is_not_streaming_again():
+    """A stream of the old timeline that the promoted primary ends at the switch point is not a return to
+    streaming: the figure waits for a stream that lasts (MIN_STREAM_S), here the one of the new timeline."""
+    tr = [{"t": 10.0, "kind": "recovery_state", "to": "wait_retry"},
+          {"t": 11.0, "kind": "stream_start", "start_lsn": 0x100000},
+          {"t": 11.0, "kind": "recovery_state", "to": "streaming"},
+          {"t": 11.1, "kind": "stream_lost", "flushed_lsn": 0x12C130},
+          {"t": 11.1, "kind": "recovery_state", "to": "wait_retry"},
+          {"t": 14.0, "kind": "stream_start", "start_lsn": 0x100000},
+          {"t": 14.0, "kind": "recovery_state", "to": "streaming"},
+          {"t": 20.0, "kind": "stream_lost", "flushed_lsn": None}]
+    assert to_streaming(tr, 10.0) == pytest.approx(4.0)
+    assert to_streaming(tr[:3], 10.0) == pytest.approx(1.0)   # never lost: it counts
+
+
 SEG = 1024 * 1024
 S1, S2 = "000000010000000000000001", "000000010000000000000002"
 

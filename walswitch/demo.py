@@ -13,12 +13,22 @@ Ctrl-C or failure:
 
 On a schedule (proportional to ``--seconds``) the primary is stopped
 (immediate) and restarted ``--fault-seconds`` later, then the link is cut for
-as long.  Each second one line shows the phase and the standby's state (what
-``walswitch status -D DIR --json`` reports) against the primary's flush
-position.  At the end: a summary of the standby's transitions from
-``DIR/log/events.jsonl``, then the load stops, the standby catches up (bounded
-wait) and its ``kv`` rows are compared with the primary's.  Exit code 0 only if
-they are equal.
+as long; each fault is announced (``>>``) as it happens.  Once a second:
+
+- on a terminal, a ``rich`` table redrawn in place (walswitch/demo_view.py):
+  per process (the primary and its walsender, the link, the standby's
+  postmaster, startup and walreceiver) its state, the received, flushed and
+  replayed positions and the lag behind the primary;
+- otherwise (a pipe, a file, a test), one plain line with the phase and the
+  standby's state (what ``walswitch status -D DIR --json`` reports) against
+  the primary's flush position.
+
+At the end: a summary of the standby's transitions from
+``DIR/log/events.jsonl``; the load stops, the standby catches up (bounded
+wait) and its ``kv`` rows are compared with the primary's (``RESULT:``);
+everything is cleaned up; last, the tables ``walswitch compare`` prints,
+for this run (same trace, figures and table code).  Exit code 0 only if the
+rows are equal.
 """
 from __future__ import annotations
 
@@ -38,8 +48,12 @@ from typing import Any, Callable
 
 import psutil
 import psycopg2
+from rich.console import Console
+from rich.live import Live
 
 from utils.events import read_events
+from walswitch.compare import invariants, report
+from walswitch.demo_view import PrimaryView, comparison, observe, process_table
 from walswitch.linkproxy import LinkProxy
 from walswitch.status import COORDINATION, collect
 from xlog.lsn import format_lsn, parse_lsn
@@ -50,9 +64,16 @@ CATCH_UP_TIMEOUT = 60.0
 PRINT_LOCK = threading.Lock()
 
 
+CONSOLE = Console(highlight=False)
+
+
 def say(text: str = "") -> None:
+    """One line; on a terminal it is printed above the live table (rich keeps the table at the bottom)."""
     with PRINT_LOCK:
-        print(text, flush=True)
+        if CONSOLE.is_terminal:
+            CONSOLE.print(text, markup=False)
+        else:
+            print(text, flush=True)
 
 
 def free_port() -> int:
@@ -177,6 +198,25 @@ class PrimaryProbe:
             return None
         return lsn
 
+    def walsender(self) -> dict[str, Any] | None:
+        """The standby's row of the primary's ``pg_stat_replication`` (None: no walsender for it)."""
+        if self.conn is None:
+            return None
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT pid, state, write_lsn, flush_lsn, replay_lsn, replay_lag "
+                            "FROM pg_stat_replication WHERE application_name = 'demo_standby'")
+                row = cur.fetchone()
+        except psycopg2.Error:
+            self.close()
+            return None
+        if row is None:
+            return None
+        pid, state, write, flush, replay, lag = row
+        return {"pid": pid, "state": state, "write_lsn": lsn_or_zero(write) or None,
+                "flush_lsn": lsn_or_zero(flush) or None, "replay_lsn": lsn_or_zero(replay) or None,
+                "replay_lag": lag.total_seconds() if hasattr(lag, "total_seconds") else None}
+
     def close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):
@@ -195,6 +235,7 @@ class Scheduler(threading.Thread):
         self.actions = actions
         self.phase = "steady"
         self.done_at: list[tuple[float, str]] = []
+        self.began_wall: dict[str, float] = {}   # step -> wall-clock time it began (for the figures)
         self.error: str | None = None
         self.stop = threading.Event()
 
@@ -202,6 +243,7 @@ class Scheduler(threading.Thread):
         for at, step in self.plan:
             if self.stop.wait(max(0.0, self.t0 + at - time.monotonic())):
                 return
+            self.began_wall[step] = time.time()
             try:
                 self.actions[step]()
             except Exception as e:  # noqa: BLE001 - reported, and the demo fails
@@ -219,6 +261,72 @@ def make_plan(seconds: float, fault: float) -> list[tuple[float, str]]:
     cut_at = max(stop_at + 2 * fault, 0.55 * seconds)
     return [(stop_at, "primary stopped"), (stop_at + fault, "primary back"),
             (cut_at, "link cut"), (cut_at + fault, "link restored")]
+
+
+# ------------------------------------------------------------------ watching the run
+class Watch:
+    """Once a second: the primary's flush position and walsender, the commit rate, the lag samples."""
+
+    def __init__(self, t0: float, sched: "Scheduler", probe: "PrimaryProbe", load: "Load") -> None:
+        self.t0, self.sched, self.probe, self.load = t0, sched, probe, load
+        self.last_commits, self.last_t, self.rate = 0, t0, 0.0
+        self.lags: list[float] = []          # pg_stat_replication.replay_lag samples, seconds
+
+    def primary(self) -> PrimaryView:
+        flush = self.probe.flush_lsn()
+        ws = self.probe.walsender() if flush is not None else None
+        if ws and ws.get("replay_lag") is not None:
+            self.lags.append(ws["replay_lag"])
+        now = time.monotonic()
+        commits = self.load.total()
+        self.rate = (commits - self.last_commits) / max(1e-3, now - self.last_t)
+        self.last_commits, self.last_t = commits, now
+        return PrimaryView(flush, ws)
+
+
+def live_loop(seconds: float, watch: Watch, sdir: str, proxy: LinkProxy) -> None:
+    """Terminal: the process table redrawn in place each second; faults are printed above it (say)."""
+    with Live(console=CONSOLE, auto_refresh=False, transient=False) as live:
+        for tick in range(1, int(seconds) + 1):
+            time.sleep(max(0.0, watch.t0 + tick - time.monotonic()))
+            p = watch.primary()
+            sched = watch.sched
+            title = (f"{time.monotonic() - watch.t0:4.0f} s of {seconds:.0f}   phase: {sched.phase}   "
+                     f"{watch.rate:.0f} commits/s")
+            last = f"last fault: {sched.done_at[-1][1]} at {sched.done_at[-1][0]:.1f} s" if sched.done_at else ""
+            live.update(process_table(observe(sdir, p, proxy.mode), title, last), refresh=True)
+
+
+def plain_loop(seconds: float, watch: Watch, sdir: str) -> None:
+    """Not a terminal (logs, tests): one plain line per second."""
+    head = (f"{'t':>4} {'phase':<15} {'recovery_state':<16} {'source':<7} {'walreceiver':<11} "
+            f"{'replay_lsn':>10} {'receive_lsn':>11} {'flush_lsn':>10} {'lag_bytes':>10} {'commits/s':>9}")
+    say(head)
+    for tick in range(1, int(seconds) + 1):
+        time.sleep(max(0.0, watch.t0 + tick - time.monotonic()))
+        at = time.monotonic() - watch.t0      # when this line's sample was taken
+        try:
+            st = collect(sdir)
+        except Exception as e:  # noqa: BLE001 - e.g. shared memory being recreated
+            st = {"recovery_state": f"({type(e).__name__})"}
+        p = watch.primary()
+        replay = lsn_or_zero(st.get("replay_lsn"))
+        lag = f"{p.flush - replay:,}" if p.flush is not None and replay else None
+        say(f"{at:4.0f} {watch.sched.phase:<15} {st.get('recovery_state') or '-':<16} "
+            f"{st.get('wal_source') or '-':<7} {st.get('walreceiver_state') or '-':<11} "
+            f"{fmt(st.get('replay_lsn'), 10)} {fmt(st.get('receive_lsn'), 11)} "
+            f"{format_lsn(p.flush) if p.flush is not None else 'down':>10} {fmt(lag, 10)} "
+            f"{watch.rate:9.0f}")
+
+
+def print_tables(doc: dict) -> None:
+    """The tables of ``walswitch compare`` (walswitch/compare/report.py), on a terminal or as plain text."""
+    with PRINT_LOCK:
+        if CONSOLE.is_terminal:
+            for t in report.tables(doc):
+                CONSOLE.print(t)
+        else:
+            print(report.table_text(doc), end="", flush=True)
 
 
 # ------------------------------------------------------------------ the summary
@@ -325,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     sched: Scheduler | None = None
     probe = PrimaryProbe(pport)
     ok = False
+    watch: Watch | None = None
+    catch_up: float | None = None           # for the comparison table
+    data_bad: list[str] = []
     try:
         # ---- set-up: primary, archive, base backup, standby behind the proxy
         os.makedirs(archive)
@@ -375,27 +486,11 @@ def main(argv: list[str] | None = None) -> int:
                                      "link cut": proxy.cut, "link restored": proxy.resume})
         load.start()
         sched.start()
-        head = (f"{'t':>4} {'phase':<15} {'recovery_state':<16} {'source':<7} {'walreceiver':<11} "
-                f"{'replay_lsn':>10} {'receive_lsn':>11} {'flush_lsn':>10} {'lag_bytes':>10} {'commits/s':>9}")
-        say(head)
-        last_commits, last_t = 0, t0
-        for tick in range(1, int(args.seconds) + 1):
-            time.sleep(max(0.0, t0 + tick - time.monotonic()))
-            try:
-                st = collect(sdir)
-            except Exception as e:  # noqa: BLE001 - e.g. shared memory being recreated
-                st = {"recovery_state": f"({type(e).__name__})"}
-            flush = probe.flush_lsn()
-            now = time.monotonic()
-            commits = load.total()
-            replay = lsn_or_zero(st.get("replay_lsn"))
-            lag = f"{flush - replay:,}" if flush is not None and replay else None
-            say(f"{now - t0:4.0f} {sched.phase:<15} {st.get('recovery_state') or '-':<16} "
-                f"{st.get('wal_source') or '-':<7} {st.get('walreceiver_state') or '-':<11} "
-                f"{fmt(st.get('replay_lsn'), 10)} {fmt(st.get('receive_lsn'), 11)} "
-                f"{format_lsn(flush) if flush is not None else 'down':>10} {fmt(lag, 10)} "
-                f"{(commits - last_commits) / max(1e-3, now - last_t):9.0f}")
-            last_commits, last_t = commits, now
+        watch = Watch(t0, sched, probe, load)
+        if CONSOLE.is_terminal:
+            live_loop(args.seconds, watch, sdir, proxy)
+        else:
+            plain_loop(args.seconds, watch, sdir)
 
         # ---- the summary
         sched.stop.set()
@@ -427,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         if not caught:
             raise DemoError(f"the standby did not replay up to {format_lsn(target)} within {CATCH_UP_TIMEOUT:g} s "
                             f"(replay_lsn {st['replay_lsn']}, recovery_state {st['recovery_state']})")
+        catch_up = time.monotonic() - t_wait
         say(f"load stopped; primary flushed up to {format_lsn(target)}; the standby replayed it after "
-            f"{time.monotonic() - t_wait:.1f} s (replay_lsn {st['replay_lsn']}, {st['recovery_state']}, "
+            f"{catch_up:.1f} s (replay_lsn {st['replay_lsn']}, {st['recovery_state']}, "
             f"{st['walreceiver_state']})")
         with contextlib.closing(psycopg2.connect(dsn(pport, 10))) as c, c.cursor() as cur:
             cur.execute("SELECT key, value FROM kv")
@@ -436,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.closing(psycopg2.connect(dsn(sport, 10))) as c, c.cursor() as cur:
             cur.execute("SELECT key, value FROM kv")
             stby = dict(cur.fetchall())
+        data_bad = invariants.data_equal(prim, stby)
         missing = sorted(set(prim) - set(stby))
         extra = sorted(set(stby) - set(prim))
         differ = sorted(k for k in set(prim) & set(stby) if prim[k] != stby[k])
@@ -465,8 +562,23 @@ def main(argv: list[str] | None = None) -> int:
                 stop_server(d)
             if proxy is not None:
                 proxy.close()
+            doc = None
+            if sched is not None and sched.done_at:
+                # From the standby's events, read once every process has stopped writing them.
+                returns = [{"label": step, "t": sched.began_wall[step],
+                            "server": "primary" if step == "primary back" else None}
+                           for _at, step in sched.done_at if step in ("primary back", "link restored")]
+                try:
+                    doc = comparison(sdir, pdir, args.coordination, returns, watch.lags if watch else [],
+                                     catch_up, data_bad)
+                except Exception as e:  # noqa: BLE001 - the table is a report: say why it is missing
+                    say(f"demo: no comparison table: {type(e).__name__}: {e}")
             shutil.rmtree(base, ignore_errors=True)
             say(f"cleaned up: servers stopped, link proxy closed, {base} removed")
+            if doc is not None:
+                say()
+                say("== the comparison table of `walswitch compare` for this run ==")
+                print_tables(doc)
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)

@@ -7,7 +7,8 @@
   mark of what it flushed, completed, restored or, for PostgreSQL, reported as received), plus
   restored segments it already had whole;
 * seconds from each return (a primary ready again, a link restored) to streaming: the walreceiver
-  streaming and the startup in STREAMING, whichever comes later;
+  streaming and the startup in STREAMING, whichever comes later, on a stream that then lasts at least
+  ``MIN_STREAM_S`` (or to the end of the run);
 * the sequence of recovery states, of sources tried (archive/stream) and of our wal_source.
 """
 from __future__ import annotations
@@ -63,9 +64,27 @@ def fetched_twice(trace: list[dict], segsize: int) -> int:
     return twice
 
 
+# A stream lost this soon after it started does not count as streaming again: e.g. a stream of the
+# old timeline that a promoted primary ends at the switch point (the standby must still find and
+# follow the new timeline).
+MIN_STREAM_S = 1.0
+
+
+def lasting_starts(trace: list[dict], since: float) -> list[float]:
+    """Times of the stream starts after `since` whose stream lasted MIN_STREAM_S (or was not lost)."""
+    lost = [e["t"] for e in trace if e["kind"] == "stream_lost"]
+    out = []
+    for e in trace:
+        if e["kind"] == "stream_start" and e["t"] >= since:
+            end = next((t for t in lost if t >= e["t"]), None)
+            if end is None or end - e["t"] >= MIN_STREAM_S:
+                out.append(e["t"])
+    return out
+
+
 def to_streaming(trace: list[dict], since: float) -> float | None:
-    """Seconds from `since` until the standby streams again (None if it never did)."""
-    starts = [e["t"] for e in trace if e["kind"] == "stream_start" and e["t"] >= since]
+    """Seconds from `since` until the standby streams again, for MIN_STREAM_S at least (None if never)."""
+    starts = lasting_starts(trace, since)
     if not starts:
         return None
     first = starts[0]

@@ -1,8 +1,10 @@
 """The progress display of ``walswitch compare`` and ``soak``: which scenario, which system, which step.
 
 On a terminal a ``rich`` status line is updated in place; otherwise (a pipe,
-a file, a test) each change is one plain line, so logs stay readable.
-Both go to the given console (stderr when stdout carries JSON).
+a file, a test) each change is one plain line, so logs stay readable; with
+``steps=False`` only the beginning and end of each run are lines (a long
+soak under ``make bench``).  Both go to the given console (stderr when stdout
+carries JSON).
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from rich.status import Status
 
 
 class Display:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, steps: bool = True) -> None:
         self.console = console
+        self.steps = steps
         self.live = console.is_terminal
         self.status: Status | None = None
         self.where = ""
@@ -48,6 +51,8 @@ class Display:
 
     def _show(self, text: str, keep: bool = False) -> None:
         stamp = f"[{time.monotonic() - self.t0:6.1f} s]"
+        if self.status is None and not keep and not self.steps:
+            return
         if self.status is not None:
             self.status.update(f"{stamp} {text}")
             if keep:

@@ -122,12 +122,15 @@ def summary_table(summary: dict[str, dict]) -> Table:
 
 
 def soak(n: int, seed: int, approaches: list[str], settings: dict[str, Any], out: Path, console: Console,
-         stop_at_first: bool = False) -> tuple[dict, int]:
+         stop_at_first: bool = False, display_console: Console | None = None,
+         steps: bool = True) -> tuple[dict, int]:
+    """Run the schedules; ``console`` gets violations and the summary table, ``display_console`` (default
+    the same) the progress, every step of it or (``steps=False``) one line per schedule begun and ended."""
     summary: dict[str, dict] = {a: {"schedules": 0, "faults": collections.Counter(), "violating_seeds": [],
                                     "violations": []} for a in approaches}
     out.mkdir(parents=True, exist_ok=True)
     found = False
-    with Display(console) as display:
+    with Display(display_console or console, steps) as display:
         for i in range(n):
             s = seed + i
             sc = schedule(s, settings)
@@ -148,6 +151,7 @@ def soak(n: int, seed: int, approaches: list[str], settings: dict[str, Any], out
                     path.write_text(text)
                     entry["violating_seeds"].append(s)
                     entry["violations"].append({"seed": s, "violations": res["violations"], "file": str(path)})
+                    display.done(f"{len(res['violations'])} invariant(s) broken; replay file {path}")
                     console.print(f"[bold red]VIOLATION[/] seed {s}, approach {approach}: "
                                   f"{len(res['violations'])} invariant(s) broken; replay: "
                                   f"walswitch compare {path} --approaches {approach}")
