@@ -693,7 +693,7 @@ class Backend(GroupCommit, Engine):
         for conn in list(self.conns.values()):
             conn.close()
         if self.writer is not None:
-            self.flush_now()
+            self.group_commit()
             if self.owns_shutdown_checkpoint:
                 ckpt.create_checkpoint(self, "shutdown immediate", shutdown=True)
             else:

@@ -3,12 +3,13 @@
 A session's commit record is inserted by ``Backend.log_commit``; the session
 then waits (``CommitWait``) in ``commit_queue`` and in ``unapplied``.  Each
 loop round ``group_commit`` makes everything inserted durable with one
-fdatasync.  ``commits_durable`` then publishes
-the flush position (walsenders woken before the store is touched, as
-PostgreSQL wakes them right after XLogFlush), applies the covered commits to
-the store in WAL order (one SQLite transaction) and answers their sessions.
-A commit is never answered before its WAL is durable, nor before it is
-visible to the next statement of any session.
+fdatasync (``apply_pending``), publishes the flush position (walsenders
+woken before the store is touched, as PostgreSQL wakes them right after
+XLogFlush), applies the commits to the store in WAL order (one SQLite
+transaction) and answers their sessions.  A commit is never answered before
+its WAL is durable, nor before it is visible to the next statement of any
+session.  ``apply_pending`` alone is what a checkpoint or a segment switch
+needs first.
 """
 from __future__ import annotations
 
@@ -55,42 +56,11 @@ class GroupCommit:
             raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
 
     def group_commit(self) -> None:
-        """Make everything inserted durable with one fdatasync, then apply and answer the commits."""
-        if self.writer is None:
-            while self.commit_queue:
-                self.apply_pending()
-                self.commits_durable()
-            return
-        if self.commit_queue:
-            self.flush_now()
-
-    def flush_now(self) -> None:
-        """Flush, then publish, apply and answer."""
-        try:
-            self._writer().flush()
-        except OSError as e:
-            raise Panic(f"could not fdatasync WAL: {e}") from e
-        self.commits_durable()
-
-    def commits_durable(self) -> None:
-        """Publish the flush position, apply the commits it covers (in WAL order) and answer them."""
-        w = self.writer
-        flushed = w.flush_lsn if w is not None else None
-        if w is not None:
-            self.publish()
-        n = len(self.unapplied) if flushed is None else \
-            next((i for i, cw in enumerate(self.unapplied) if cw.end_lsn > flushed), len(self.unapplied))
-        if n:
-            batch, self.unapplied = self.unapplied[:n], self.unapplied[n:]
-            try:
-                self.store.apply_many([(cw.txn.changes, cw.end_lsn) for cw in batch if cw.txn.changes],
-                                      w.tli if w is not None else None, must_apply=True)
-            except Exception as e:
-                raise Panic(f"could not apply committed transactions to the key/value store: {e}") from e
-        done = [(c, cw) for c, cw in self.commit_queue if flushed is None or cw.end_lsn <= flushed]
-        if done:
-            self.commit_queue = [(c, cw) for c, cw in self.commit_queue if flushed is not None and cw.end_lsn > flushed]
-            for conn, _w in done:
+        """Make everything inserted durable with one fdatasync, apply it, then answer the sessions."""
+        while self.commit_queue:
+            self.apply_pending()
+            batch, self.commit_queue = self.commit_queue, []
+            for conn, _w in batch:
                 conn.after_commit()
 
     def publish(self) -> None:

@@ -20,6 +20,7 @@ mean total).  Reported: medians over runs of each run's p50 and p99; the stage t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import re
@@ -148,38 +149,28 @@ def run(rate: int = 200, runs: int = 3, seconds: float = 10.0, postgres: bool = 
     sample = max(1, rate // 200) if rate else 10
     trace_conf = {"lag_trace_sample": sample}
     res: dict[str, list[dict]] = {"walswitch": [], "postgresql": []}
-    commits: list[lagtrace.Commit] = []
-    with tempdir("walswitch-bench-lag-") as base:
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(tempdir("walswitch-bench-lag-"))
         script = base / "insert.sql"
         script.write_text(SCRIPT)
         script.chmod(0o644)
-        with walswitch_primary(base, "ws_primary", conf=trace_conf) as wsp:
-            ws_port = ws_basebackup(wsp, base / "ws_standby", {**STANDBY_CONF, **trace_conf})
-            with walswitch_server(base / "ws_standby", ws_port, "standby", wait_ready=False) as wss:
-                wait_streaming(wsp)
-                pgctx = pg_primary(base, "pg_primary") if postgres else None
-                pgp = pgctx.__enter__() if pgctx else None
-                try:
-                    pgs_ctx = None
-                    if pgp is not None:
-                        pg_port = pg_basebackup(pgp, base, base / "pg_standby", STANDBY_CONF)
-                        pgs_ctx = pg_server(base / "pg_standby", pg_port, "standby")
-                        pgs = pgs_ctx.__enter__()
-                        wait_streaming(pgp)
-                    try:
-                        for _ in range(runs):
-                            res["walswitch"].append(one_run(wsp, wss, script, seconds, rate))
-                            if pgp is not None:
-                                res["postgresql"].append(one_run(pgp, pgs, script, seconds, rate))
-                        # Each process writes its notes when it goes idle, at least every half second.
-                        time.sleep(1.0)
-                        commits = lagtrace.complete(lagtrace.load([wsp.datadir, wss.datadir]))
-                    finally:
-                        if pgs_ctx is not None:
-                            pgs_ctx.__exit__(None, None, None)
-                finally:
-                    if pgctx is not None:
-                        pgctx.__exit__(None, None, None)
+        wsp = stack.enter_context(walswitch_primary(base, "ws_primary", conf=trace_conf))
+        ws_port = ws_basebackup(wsp, base / "ws_standby", {**STANDBY_CONF, **trace_conf})
+        wss = stack.enter_context(walswitch_server(base / "ws_standby", ws_port, "standby", wait_ready=False))
+        wait_streaming(wsp)
+        pgp = pgs = None
+        if postgres:
+            pgp = stack.enter_context(pg_primary(base, "pg_primary"))
+            pg_port = pg_basebackup(pgp, base, base / "pg_standby", STANDBY_CONF)
+            pgs = stack.enter_context(pg_server(base / "pg_standby", pg_port, "standby"))
+            wait_streaming(pgp)
+        for _ in range(runs):
+            res["walswitch"].append(one_run(wsp, wss, script, seconds, rate))
+            if pgp is not None:
+                res["postgresql"].append(one_run(pgp, pgs, script, seconds, rate))
+        # Each process writes its notes when it goes idle, at least every half second.
+        time.sleep(1.0)
+        commits = lagtrace.complete(lagtrace.load([wsp.datadir, wss.datadir]))
     keys = ("replay_p50_ms", "replay_p99_ms", "visible_p50_ms", "visible_p99_ms", "tps")
     summary = {k: {m: median([r[m] for r in v]) for m in keys} for k, v in res.items() if v}
     stages = lagtrace.stage_table(commits)

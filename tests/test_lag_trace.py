@@ -16,7 +16,8 @@ from tests.invariants import wait_caught_up
 from utils import lagtrace
 
 
-def traced(primary, standby, n: int) -> list[lagtrace.Commit]:
+def traced(primary, standby) -> list[lagtrace.Commit]:
+    """The sampled commits that went through every stage, as noted so far."""
     return lagtrace.complete(lagtrace.load([primary.datadir, standby.datadir]))
 
 
@@ -31,8 +32,10 @@ def test_every_stage_is_noted_in_order(nodes):
             cur.execute("INSERT INTO kv VALUES (%s, %s)", (f"k{i}", "v"))
     wait_caught_up(primary, standby)
     # Notes reach the files every half second: wait for the commits to come out whole.
-    commits = wait_for(lambda: len(traced(primary, standby, 20)) >= 15 and traced(primary, standby, 20), 30,
-                       "15 traced commits with every stage")
+    def fifteen() -> list[lagtrace.Commit] | None:
+        c = traced(primary, standby)
+        return c if len(c) >= 15 else None
+    commits = wait_for(fifteen, 30, "15 traced commits with every stage")
     sampled = lagtrace.load([primary.datadir, standby.datadir])
     assert 18 <= len(sampled) <= 22            # every 2nd of the 40 commits (and nothing else committed)
     for c in commits:
