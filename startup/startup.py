@@ -17,6 +17,7 @@ the next WAL inserter.  Exit 0 tells the postmaster recovery is done; exit 1
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -46,6 +47,7 @@ def main(ctx: ChildContext) -> int:
     ctx.shared.recovery.update(startup_pid=os.getpid())
     try:
         backup_label.remove_temp_files(ctx.datadir)
+        remove_temp_xlog_files(os.path.join(ctx.datadir, "pg_wal"))
         # A copy made by pg_basebackup still has its backup_label: recovery starts at its checkpoint.
         label = backup_label.consume(ctx.datadir)
         if label is not None:
@@ -62,6 +64,16 @@ def main(ctx: ChildContext) -> int:
     except RecoveryError as e:
         log.critical("%s", e)
         return 1
+
+
+def remove_temp_xlog_files(pg_wal: str) -> None:
+    """RemoveTempXlogFiles: a segment being created (or preallocated) when a process died.
+    No other process writes pg_wal before the startup process runs."""
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(pg_wal):
+            if name.startswith("xlogtemp."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(pg_wal, name))
 
 
 def read_checkpoint(pg_wal: str, cf: ControlFile):

@@ -204,6 +204,32 @@ def test_multi_segment_record_page_headers_and_segment_callbacks() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_next_segment_is_prepared_ahead() -> None:
+    """Entering a segment prepares the next one (zero-filled, fsynced, 0600) under a temp name
+    in a thread; the writer puts it in place when it gets there.  pg_wal never shows a segment
+    beyond the end of WAL, and nothing is left behind."""
+    with tempfile.TemporaryDirectory() as d:
+        w = new_writer(d)
+        w.insert(C.RM_KV_ID, C.KV_PUT, 1, KvPut("a", "1").pack())
+        w.flush()
+        w._prealloc[1].join()
+        tmp = w._prealloc_path()
+        assert os.path.getsize(tmp) == SEG and os.stat(tmp).st_mode & 0o777 == 0o600
+        with open(tmp, "rb") as f:
+            assert not any(f.read())
+        assert not os.path.exists(seg_path(d, 2))
+        value = "v" * (SEG // 2)
+        for i in range(5):                              # on into segment 3
+            w.insert(C.RM_KV_ID, C.KV_PUT, 1, KvPut(f"k{i}", value).pack())
+        w.close()
+        assert w.insert_lsn // SEG == 3
+        assert sorted(os.listdir(d)) == [segment_name(1, s, SEG) for s in (1, 2, 3)]
+        recs, r = read_all(d)
+        assert [decode_payload(x) for x in recs[1:]] == [KvPut(f"k{i}", value) for i in range(5)]
+        assert r.error == expected_end_error(w.insert_lsn)
+
+
+@pytest.mark.timeout(60)
 def test_switch_zero_fills_rest_and_noop_at_segment_start() -> None:
     with tempfile.TemporaryDirectory() as d:
         w = new_writer(d)

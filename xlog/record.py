@@ -71,6 +71,14 @@ def build_record(rmid: int, info: int, xid: int, prev_lsn: int, main_data: bytes
     Main data gets an XLR_BLOCK_ID_DATA_SHORT header up to 255 bytes, a
     DATA_LONG header above, and none at all when empty (as XLOG_SWITCH).
     """
+    head, body = build_record_parts(rmid, info, xid, prev_lsn, main_data)
+    return head + body
+
+
+def build_record_parts(rmid: int, info: int, xid: int, prev_lsn: int, main_data: bytes = b""
+                       ) -> tuple[bytes, bytes]:
+    """``build_record`` as (header with its data-block header, main data), not joined: the
+    writer copies a large record's data straight onto its pages (a 16 MiB record: one copy less)."""
     if type(main_data) is not bytes:
         main_data = bytes(main_data)
     n = len(main_data)
@@ -85,7 +93,7 @@ def build_record(rmid: int, info: int, xid: int, prev_lsn: int, main_data: bytes
     tot = C.SIZE_OF_XLOG_RECORD + len(frag) + n
     pre = _HDR_PRE.pack(tot, xid, prev_lsn, info, rmid)
     crc = _crc_extend(_crc_extend(_crc_value(frag), main_data), pre)
-    return b"".join((pre, _U32.pack(crc), frag, main_data))
+    return b"".join((pre, _U32.pack(crc), frag)), main_data
 
 
 def record_crc(rec: bytes) -> int:

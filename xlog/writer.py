@@ -13,10 +13,20 @@ starts after that page's header (see `next_record_lsn`). They equal the
 reader's DecodedRecord.next_lsn / WalReader.end_of_valid_wal.
 
 Not thread-safe: one process, one thread inserts (walswitch has one WAL
-inserter). The buffer lives in this object only; nothing is shared."""
+inserter). The buffer lives in this object only; nothing is shared.  The one
+helper thread is the preallocator: when the writer enters a segment it prepares
+the next one (a zero-filled, fsynced temp file), as PostgreSQL's checkpointer
+preallocates a segment ahead (PreallocXlogFiles), so the inserter does not stop
+for 16 MB of zeros and an fsync at each segment boundary (10 to 30 ms here,
+once per 16 MB of WAL, paid by every commit behind it).  Unlike PostgreSQL's,
+the prepared file stays under its temp name until the writer reaches it and
+links it into place: pg_wal never holds a segment beyond the end of WAL, so
+readers, pg_waldump and a crash's cleanup see what they saw before."""
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from typing import Callable
 
 from . import constants as C
@@ -25,7 +35,7 @@ from .errors import WalError
 from .lsn import (XLOG_BLCKSZ, format_lsn, page_header_size_at, segment_name, segno_of,
                   skip_page_header, valid_segsize)
 from .page import pack_page_header, validate_page_header
-from .record import OverwriteContrecord, build_record, timestamptz_now
+from .record import OverwriteContrecord, build_record_parts, timestamptz_now
 
 SegmentCallback = Callable[[int, str], None]
 
@@ -51,14 +61,8 @@ def _write_zeros(fd: int, offset: int, length: int) -> None:
         length -= n
 
 
-def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None], replace: bool) -> str:
-    """Create pg_wal/final_name durably: temp file, fill, fsync, rename, fsync dir.
-
-    Without `replace`, an existing file wins (link, not rename, so a file
-    someone else installed meanwhile, and may be writing, is never clobbered).
-    """
-    path = os.path.join(pg_wal, final_name)
-    tmp = os.path.join(pg_wal, f"xlogtemp.{os.getpid()}")
+def _prepare_file(tmp: str, fill: Callable[[int], None]) -> None:
+    """Create `tmp`, fill it and fsync it (XLogFileInit's first half)."""
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         fill(fd)
@@ -68,6 +72,14 @@ def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None], rep
         os.unlink(tmp)
         raise
     os.close(fd)
+
+
+def _put_in_place(pg_wal: str, tmp: str, path: str, replace: bool) -> None:
+    """Rename or link a prepared file to its name, then fsync the directory.
+
+    Without `replace`, an existing file wins (link, not rename, so a file
+    someone else installed meanwhile, and may be writing, is never clobbered).
+    """
     if replace:
         os.rename(tmp, path)
     else:
@@ -78,6 +90,14 @@ def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None], rep
         finally:
             os.unlink(tmp)
     fsync_dir(pg_wal)
+
+
+def _install_file(pg_wal: str, final_name: str, fill: Callable[[int], None], replace: bool) -> str:
+    """Create pg_wal/final_name durably: temp file, fill, fsync, rename, fsync dir."""
+    path = os.path.join(pg_wal, final_name)
+    tmp = os.path.join(pg_wal, f"xlogtemp.{os.getpid()}")
+    _prepare_file(tmp, fill)
+    _put_in_place(pg_wal, tmp, path, replace)
     return path
 
 
@@ -156,6 +176,7 @@ class WalWriter:
         self._next_report = segno_of(start_lsn, segsize)
         self._closed = False
         self._overwrite_page = -1
+        self._prealloc: tuple[int, threading.Thread] | None = None   # (segno, preparing thread)
         if start_lsn % XLOG_BLCKSZ:
             self._buf += self._read_back_partial_page(start_lsn)
 
@@ -192,21 +213,42 @@ class WalWriter:
         """
         if self._closed:
             raise ValueError("WalWriter is closed")
-        rec = build_record(rmid, info, xid, self._prev, main_data)
+        head, body = build_record_parts(rmid, info, xid, self._prev, main_data)
         start = skip_page_header(self._pos, self.segsize)
-        self._append(rec)
+        self._append(head, body)
         self._prev = start
         if len(self._buf) >= _AUTO_WRITE_BYTES:
             self.write()
         return start, self._pos
 
-    def _append(self, rec: bytes) -> None:
-        buf = self._buf
+    def _append(self, head: bytes, body: bytes) -> None:
+        """Lay the record (head, then body) onto pages, a page header wherever a page begins."""
         pos = self._pos
-        n = len(rec)
-        mv = memoryview(rec)
+        n = len(head) + len(body)
+        po = pos % XLOG_BLCKSZ
+        if po and XLOG_BLCKSZ - po >= n:
+            # The common case: the record fits on the current page.
+            buf = self._buf
+            buf += head
+            buf += body
+            pos += n
+        else:
+            pos = self._append_across_pages(head, body, pos)
+        pad = -pos % 8  # records are MAXALIGNed; padding never crosses a page
+        if pad:
+            self._buf += _ZEROS[:pad]
+            pos += pad
+        self._pos = pos
+
+    def _append_across_pages(self, head: bytes, body: bytes, pos: int) -> int:
+        # The pieces are gathered and the buffer grown once: growing a bytearray page by page
+        # re-copies it as it goes (a 16 MiB record: 8 ms of the loop instead of 2).
+        hlen = len(head)
+        n = hlen + len(body)
+        hv, bv = memoryview(head), memoryview(body)
+        pieces: list[bytes | memoryview] = []
         off = 0
-        while True:
+        while off < n:
             po = pos % XLOG_BLCKSZ
             if po == 0:
                 # New page: its header says how much of a continued record is left.
@@ -214,23 +256,19 @@ class WalWriter:
                 if pos == self._overwrite_page:
                     extra |= C.XLP_FIRST_IS_OVERWRITE_CONTRECORD
                 hdr = pack_page_header(pos, self.tli, self.segsize, self.sysid, n - off if off else 0, extra)
-                buf += hdr
+                pieces.append(hdr)
                 pos += len(hdr)
                 po = len(hdr)
-            room = XLOG_BLCKSZ - po
-            left = n - off
-            if left <= room:
-                buf += mv[off:] if off else rec
-                pos += left
-                break
-            buf += mv[off:off + room]
-            off += room
-            pos += room
-        pad = -pos % 8  # records are MAXALIGNed; padding never crosses a page
-        if pad:
-            buf += _ZEROS[:pad]
-            pos += pad
-        self._pos = pos
+            take = min(XLOG_BLCKSZ - po, n - off)
+            end = off + take
+            if off < hlen:
+                pieces.append(hv[off:min(end, hlen)])
+            if end > hlen:
+                pieces.append(bv[max(off, hlen) - hlen:end - hlen])
+            off = end
+            pos += take
+        self._buf += b"".join(pieces)
+        return pos
 
     def insert_overwrite_contrecord(self, aborted_lsn: int, overwrite_time: int | None = None
                                     ) -> tuple[int, int]:
@@ -293,11 +331,10 @@ class WalWriter:
             data = mv[cur - start:chunk_end - start]
             foff = cur % self.segsize
             tail = -chunk_end % XLOG_BLCKSZ
+            _pwrite_all(fd, data, foff)
             if tail:
-                # Rewrite the partial last page whole: our bytes, then zeros.
-                _pwrite_all(fd, bytes(data) + _ZEROS[:tail], foff)
-            else:
-                _pwrite_all(fd, data, foff)
+                # The partial last page is written whole: our bytes, then zeros.
+                _pwrite_all(fd, _ZEROS[:tail], foff + len(data))
             self._dirty.add(segno)
             cur = chunk_end
         mv.release()
@@ -344,6 +381,7 @@ class WalWriter:
                 self.flush()
         finally:
             self._closed = True
+            self._drop_prealloc()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
@@ -361,10 +399,51 @@ class WalWriter:
     def _fd(self, segno: int) -> int:
         fd = self._fds.get(segno)
         if fd is None:
-            path = init_segment_file(self.pg_wal, self.tli, segno, self.segsize)
+            path = self._take_prealloc(segno) or init_segment_file(self.pg_wal, self.tli, segno, self.segsize)
             fd = os.open(path, os.O_RDWR)
             self._fds[segno] = fd
+            self._start_prealloc(segno + 1)
         return fd
+
+    def _prealloc_path(self) -> str:
+        return os.path.join(self.pg_wal, f"xlogtemp.{os.getpid()}.next")
+
+    def _start_prealloc(self, segno: int) -> None:
+        if self._prealloc is not None or os.path.exists(self._path(segno)):
+            return
+        tmp = self._prealloc_path()
+
+        def work() -> None:
+            try:
+                _prepare_file(tmp, lambda fd: _write_zeros(fd, 0, self.segsize))
+            except OSError:
+                pass   # the inserter creates the segment itself when it gets there (and reports failures)
+
+        self._prealloc = (segno, threading.Thread(target=work, name="wal-prealloc", daemon=True))
+        self._prealloc[1].start()
+
+    def _take_prealloc(self, segno: int) -> str | None:
+        """The prepared file put in place as `segno`, if it was prepared for it; else None."""
+        if self._prealloc is None:
+            return None
+        for_segno, thread = self._prealloc
+        thread.join()
+        self._prealloc = None
+        tmp = self._prealloc_path()
+        if not os.path.exists(tmp):
+            return None
+        if for_segno != segno or os.path.exists(self._path(segno)):
+            os.unlink(tmp)
+            return None
+        _put_in_place(self.pg_wal, tmp, self._path(segno), replace=False)
+        return self._path(segno)
+
+    def _drop_prealloc(self) -> None:
+        if self._prealloc is not None:
+            self._prealloc[1].join()
+            self._prealloc = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._prealloc_path())
 
     def _read_back_partial_page(self, start_lsn: int) -> bytes:
         """The bytes already on the page where we resume, so rewrites keep them."""
