@@ -107,7 +107,18 @@ def run(seconds: float = 5.0, runs: int = 3) -> dict:
         s["added_p50_ms"] = s["p50_ms"] - b["p50_ms"]
         s["added_p99_ms"] = s["p99_ms"] - b["p99_ms"]
         s["added_max_ms"] = s["max_ms"] - b["max_ms"]
+    summary["table"] = table(summary)
     return summary
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'scenario':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'+p50':>7} {'+p99':>7} {'+max':>7} "
+             f"{'commits':>8} {'16MiB stmts':>11}"]
+    for kind, s in summary["scenarios"].items():
+        lines.append(f"{kind:10} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.1f} "
+                     f"{s.get('added_p50_ms', 0):7.2f} {s.get('added_p99_ms', 0):7.2f} "
+                     f"{s.get('added_max_ms', 0):7.1f} {s['commits']:8.0f} {s['big_statements']:11.0f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -117,12 +128,7 @@ def main() -> None:
     a = ap.parse_args()
     summary = run(a.seconds, a.runs)
     print(TITLE)
-    print(f"{'scenario':10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'+p50':>7} {'+p99':>7} {'+max':>7} "
-          f"{'commits':>8} {'16MiB stmts':>11}")
-    for kind, s in summary["scenarios"].items():
-        print(f"{kind:10} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['max_ms']:8.1f} {s.get('added_p50_ms', 0):7.2f} "
-              f"{s.get('added_p99_ms', 0):7.2f} {s.get('added_max_ms', 0):7.1f} {s['commits']:8.0f} "
-              f"{s['big_statements']:11.0f}")
+    print(summary["table"])
     out = Path(ROOT, "bench-results")
     out.mkdir(exist_ok=True)
     (out / "isolation.json").write_text(json.dumps(summary, indent=2))

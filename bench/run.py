@@ -33,6 +33,7 @@ BENCHES = {
     "lagfull": "bench.lag:0",
     "reconnect": "bench.reconnect",
     "catchup": "bench.catchup",
+    "isolation": "bench.isolation",
     "compare": "bench.compare",
     "soak": "bench.soak",
 }
