@@ -13,7 +13,6 @@ import contextlib
 import mmap
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import posix_ipc
@@ -34,16 +33,19 @@ class Region:
         self.base = offset
         self.layout = rl
         self.mutex = mutex
-        self._fields = rl.offsets()
+        # name -> (absolute offset, compiled struct): every hand-over reads and writes these,
+        # and a compiled Struct skips the format-string cache lookup of struct.pack_into.
+        self._fields = {name: (offset + off, struct.Struct(fmt)) for name, (off, fmt) in rl.offsets().items()}
         self.size = rl.struct.size
+        self._locked = _Locked(self)
 
     def __contains__(self, name: str) -> bool:
         return name in self._fields
 
     def get(self, name: str) -> Any:
         """Unlocked read of one field (a hint; see layout.py)."""
-        off, fmt = self._fields[name]
-        value = struct.unpack_from(fmt, self.buf, self.base + off)
+        off, st = self._fields[name]
+        value = st.unpack_from(self.buf, off)
         if not value:
             return None
         v = value[0]
@@ -53,16 +55,16 @@ class Region:
 
     def set(self, **values: Any) -> None:
         """Unlocked write; the caller holds the mutex (or owns the field)."""
+        buf, fields = self.buf, self._fields
         for name, v in values.items():
-            off, fmt = self._fields[name]
+            off, st = fields[name]
             if isinstance(v, str):
                 v = v.encode("utf-8")
-            struct.pack_into(fmt, self.buf, self.base + off, v)
+            st.pack_into(buf, off, v)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator["Region"]:
-        with self.mutex.held():
-            yield self
+    def locked(self) -> "_Locked":
+        """``with region.locked() as r:`` holds the region's mutex."""
+        return self._locked
 
     def read(self, *fields: str) -> dict[str, Any]:
         """Consistent snapshot of some (default all) fields under the mutex."""
@@ -79,6 +81,23 @@ class Region:
 
     def clear(self) -> None:
         self.buf[self.base:self.base + self.size] = bytes(self.size)
+
+
+class _Locked:
+    """The context manager ``Region.locked`` returns (one per region; it keeps no state of its own)."""
+
+    __slots__ = ("region", "mutex")
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self.mutex = region.mutex
+
+    def __enter__(self) -> Region:
+        self.mutex.acquire()
+        return self.region
+
+    def __exit__(self, *exc: object) -> None:
+        self.mutex.release()
 
 
 class SharedState:
