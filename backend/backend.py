@@ -105,6 +105,7 @@ class Backend(GroupCommit, Engine):
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
         self.trace = lagtrace.start(self.datadir, "backend", self.config)
+        self.walsync_fd: int | None = None   # the WAL writer's background-flush pipe, once registered
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -546,7 +547,8 @@ class Backend(GroupCommit, Engine):
             if self.trace.on:
                 self.trace.idle()
             events = self.sel.select(self.loop_timeout())
-            for key, mask in events:
+            last = len(events) - 1
+            for i, (key, mask) in enumerate(events):
                 data = key.data
                 if data == "death":
                     if self.postmaster_died():
@@ -557,6 +559,8 @@ class Backend(GroupCommit, Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
+                elif data == "walsync":
+                    pass    # a background flush ended: group_commit collects it
                 elif isinstance(data, Relay):
                     if mask & selectors.EVENT_READ and not data.closed:
                         data.on_readable()
@@ -566,6 +570,7 @@ class Backend(GroupCommit, Engine):
                     conn: Connection = data
                     if mask & selectors.EVENT_READ and not conn.closed:
                         conn.on_readable()
+                        self.flush_early(i < last)
                     if mask & selectors.EVENT_WRITE and not conn.closed:
                         conn.flush_out()
             self.group_commit()
@@ -606,7 +611,7 @@ class Backend(GroupCommit, Engine):
     def loop_timeout(self) -> float:
         """0 with commits to finish; else until the soonest sleeper is due (a long statement's pause
         is due at once), at most LOOP_TIMEOUT."""
-        if self.commit_queue:
+        if self.commit_queue and not (self.writer is not None and self.writer.flush_in_flight):
             return 0.0
         timeout = LOOP_TIMEOUT
         if self.sleepers:
@@ -708,6 +713,10 @@ class Backend(GroupCommit, Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
+        if self.walsync_fd is not None:
+            with contextlib.suppress(Exception):
+                self.sel.unregister(self.walsync_fd)
+            self.walsync_fd = None
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()

@@ -332,6 +332,38 @@ def test_concurrent_commits_are_durable_before_ack(backend):
 
 
 @pytest.mark.timeout(120)
+def test_acknowledged_commit_is_visible_to_every_session_at_once(backend):
+    """Under concurrent commits (group commit flushes in the background while it serves the other
+    clients), a commit is answered only once another session's next statement sees it."""
+    h = backend()
+    errs: list[str] = []
+
+    def worker(n: int) -> None:
+        try:
+            c = h.connect(autocommit=True)
+            reader = h.connect(autocommit=True)
+            cur, rcur = c.cursor(), reader.cursor()
+            for i in range(200):
+                k = f"v{n}-{i}"
+                cur.execute("INSERT INTO kv VALUES (%s, %s)", (k, str(i)))
+                rcur.execute("SELECT value FROM kv WHERE key = %s", (k,))
+                if rcur.fetchall() != [(str(i),)]:
+                    errs.append(f"{k} not visible to another session after its commit was answered")
+            c.close()
+            reader.close()
+        except Exception as e:  # noqa: BLE001
+            errs.append(repr(e))
+
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(90)
+    assert not errs, errs[:3]
+    assert len(replay(h.datadir)) == 1200
+
+
+@pytest.mark.timeout(120)
 def test_kill9_never_loses_an_acknowledged_commit(backend):
     """SIGKILL the backend under load: every acknowledged commit is in the WAL."""
     h = backend()
