@@ -62,7 +62,6 @@ import select
 import signal
 import socket
 import time
-from dataclasses import dataclass
 
 from libpq import protocol as P
 from shmem.sync import WaitSet
@@ -72,14 +71,15 @@ from utils.proc import ChildContext, child_start, set_title
 from walsender import basebackup
 from walsender import replication_commands as RC
 from walsender import slots
-from xlog.lsn import XLOG_BLCKSZ, format_lsn, history_file_name, segment_name, segno_of
+from walsender.lagtracker import PG_EPOCH_OFFSET_US, LagTracker, sane_reply_time
+from walsender.timelines import read_history, tli_switch_point
+from walsender.walread import WalRead
+from xlog.lsn import XLOG_BLCKSZ, format_lsn, history_file_name, segno_of
 
 log = elog.logger()
 
 MAX_SEND_SIZE = XLOG_BLCKSZ * 16      # 128 kB, as PostgreSQL
-PG_EPOCH_OFFSET_US = 946_684_800 * 1_000_000   # 2000-01-01 in Unix microseconds
 SHUTDOWN_CONFIRM_WAIT = 10.0          # seconds to wait for the standby's last reply at shutdown
-LAG_TRACKER_BUFFER_SIZE = 8192
 
 
 class WalSndState:
@@ -111,126 +111,6 @@ def format_segsize(nbytes: int) -> str:
     return f"{kb}kB"
 
 
-# ---------------------------------------------------------------- timelines
-@dataclass(frozen=True)
-class TimeLineHistoryEntry:
-    tli: int
-    begin: int      # inclusive; 0 = beginning of time
-    end: int        # exclusive; 0 = infinity (current timeline)
-
-
-def parse_history(text: str, target_tli: int) -> list[TimeLineHistoryEntry]:
-    """readTimeLineHistory: entries oldest first, the target timeline last.
-
-    Lines are ``parentTLI <tab> switchpoint <tab> reason``; '#' starts a comment.
-    """
-    entries: list[TimeLineHistoryEntry] = []
-    prev_end = 0
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        parts = s.split()
-        try:
-            tli = int(parts[0])
-            hi, lo = parts[1].split("/")
-            switchpoint = (int(hi, 16) << 32) | int(lo, 16)
-        except (ValueError, IndexError):
-            raise P.SQLError("XX000", "syntax error in history file: " + s,
-                             hint="Expected a numeric timeline ID.") from None
-        entries.append(TimeLineHistoryEntry(tli, prev_end, switchpoint))
-        prev_end = switchpoint
-    entries.append(TimeLineHistoryEntry(target_tli, prev_end, 0))
-    return entries
-
-
-def read_history(pg_wal: str, tli: int) -> list[TimeLineHistoryEntry]:
-    if tli == 1:
-        return [TimeLineHistoryEntry(1, 0, 0)]
-    path = os.path.join(pg_wal, history_file_name(tli))
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        # PostgreSQL treats a missing history file of the current timeline as
-        # "this timeline has no parents".
-        return [TimeLineHistoryEntry(tli, 0, 0)]
-    return parse_history(text, tli)
-
-
-def tli_switch_point(tli: int, history: list[TimeLineHistoryEntry]) -> tuple[int, int]:
-    """tliSwitchPoint: (end of `tli` in this history, next timeline). End 0 = current timeline."""
-    for i, e in enumerate(history):
-        if e.tli == tli:
-            next_tli = history[i + 1].tli if i + 1 < len(history) else 0
-            return e.end, next_tli
-    raise P.SQLError("XX000", f"requested timeline {tli} is not in this server's history")
-
-
-# The reply times pg_stat_replication can show (years 1 to 9999, in Unix microseconds).
-# A standby's clock is untrusted input: anything outside is published as NULL, so that one
-# client's absurd value never breaks the view for everyone.
-MIN_REPLY_TIME_US = -62135596800 * 1_000_000
-MAX_REPLY_TIME_US = 253402300799 * 1_000_000
-
-
-def sane_reply_time(client_time: int) -> int:
-    """A standby status message's send time (PostgreSQL epoch) as Unix microseconds, or 0 (NULL)."""
-    unix_us = client_time + PG_EPOCH_OFFSET_US
-    return unix_us if MIN_REPLY_TIME_US <= unix_us <= MAX_REPLY_TIME_US else 0
-
-
-# ---------------------------------------------------------------- lag tracking
-class LagTracker:
-    """PostgreSQL's LagTracker: samples (lsn, time) at send time, read per position kind."""
-
-    WRITE, FLUSH, APPLY = 0, 1, 2
-
-    def __init__(self) -> None:
-        self.last_lsn = 0
-        self.buffer: list[tuple[int, int]] = [(0, 0)] * LAG_TRACKER_BUFFER_SIZE
-        self.write_head = 0
-        self.read_heads = [0, 0, 0]
-        self.last_read: list[tuple[int, int]] = [(0, 0), (0, 0), (0, 0)]
-
-    def write(self, lsn: int, t: int) -> None:
-        if self.last_lsn == lsn:
-            return
-        self.last_lsn = lsn
-        new_head = (self.write_head + 1) % LAG_TRACKER_BUFFER_SIZE
-        if any(new_head == h for h in self.read_heads):
-            # Full: overwrite the newest sample instead (lose resolution, not data).
-            new_head = self.write_head
-            self.write_head = self.write_head - 1 if self.write_head > 0 else LAG_TRACKER_BUFFER_SIZE - 1
-        self.buffer[self.write_head] = (lsn, t)
-        self.write_head = new_head
-
-    def read(self, head: int, lsn: int, now: int) -> int:
-        """Lag in microseconds for a reported position, or -1 when unknown."""
-        t = 0
-        while self.read_heads[head] != self.write_head and self.buffer[self.read_heads[head]][0] <= lsn:
-            t = self.buffer[self.read_heads[head]][1]
-            self.last_read[head] = self.buffer[self.read_heads[head]]
-            self.read_heads[head] = (self.read_heads[head] + 1) % LAG_TRACKER_BUFFER_SIZE
-        if self.read_heads[head] == self.write_head:
-            self.last_read[head] = (self.last_read[head][0], 0)
-        if t > now:
-            return -1
-        if t == 0:
-            if self.read_heads[head] == self.write_head:
-                return -1
-            if self.last_read[head][1] != 0:
-                prev = self.last_read[head]
-                nxt = self.buffer[self.read_heads[head]]
-                if lsn < prev[0] or prev[1] > nxt[1] or nxt[0] <= prev[0]:
-                    return -1
-                fraction = (lsn - prev[0]) / (nxt[0] - prev[0])
-                t = int(prev[1] + (nxt[1] - prev[1]) * fraction)
-            else:
-                t = self.buffer[self.read_heads[head]][1]
-        return now - t
-
-
 # ---------------------------------------------------------------- the process
 class ClientGone(Exception):
     """The client closed the connection or broke the protocol: exit quietly."""
@@ -244,7 +124,7 @@ class Terminate(Exception):
         self.code = code
 
 
-class WalSender:
+class WalSender(WalRead):
     def __init__(self, ctx: ChildContext, slot: int):
         self.ctx = ctx
         self.shared = ctx.shared
@@ -841,58 +721,6 @@ class WalSender:
             self.slot.set(**values)
         if self.trace.on:
             self.trace.note("primary_updated", apply)
-
-    # ------------------------------------------------------------ reading WAL
-    def close_segment(self) -> None:
-        if self.segfile is not None:
-            try:
-                os.close(self.segfile[2])
-            except OSError:
-                pass
-            self.segfile = None
-
-    def open_segment(self, segno: int, segsize: int) -> int:
-        tli = self.send_tli
-        if self.send_tli_historic and segno == segno_of(self.send_tli_valid_upto, segsize):
-            # The segment holding the switchpoint is read from the new timeline's copy.
-            tli = self.send_tli_next
-        if self.segfile is not None and self.segfile[0] == tli and self.segfile[1] == segno:
-            return self.segfile[2]
-        self.close_segment()
-        name = segment_name(tli, segno, segsize)
-        oldest = int(self.shared.xlog.get("oldest_kept_segno") or 0)
-        if segno < oldest:
-            raise self.removed_error(segno, segsize)
-        try:
-            fd = os.open(os.path.join(self.pg_wal, name), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise self.removed_error(segno, segsize) from None
-        except OSError as e:
-            raise P.SQLError("58030", f'could not open file "pg_wal/{name}": {e.strerror}') from None
-        self.segfile = (tli, segno, fd)
-        return fd
-
-    def removed_error(self, segno: int, segsize: int) -> P.SQLError:
-        name = segment_name(self.send_tli, segno, segsize)
-        return P.SQLError("58P01", f"requested WAL segment {name} has already been removed")
-
-    def read_wal(self, start: int, nbytes: int, segsize: int) -> bytes:
-        segno = segno_of(start, segsize)
-        fd = self.open_segment(segno, segsize)
-        off = start % segsize
-        try:
-            data = os.pread(fd, nbytes, off)
-        except OSError as e:
-            raise P.SQLError("58030", f'could not read from log segment '
-                                      f'{segment_name(self.send_tli, segno, segsize)}, offset {off}: '
-                                      f'{e.strerror}') from None
-        if len(data) != nbytes:
-            raise P.SQLError("XX001", f"could not read from log segment {segment_name(self.send_tli, segno, segsize)}"
-                                      f", offset {off}: read {len(data)} of {nbytes}")
-        # The segment may have been removed while we read it (CheckXLogRemoved).
-        if segno < int(self.shared.xlog.get("oldest_kept_segno") or 0):
-            raise self.removed_error(segno, segsize)
-        return data
 
     def send_physical(self, segsize: int) -> None:
         """XLogSendPhysical: one XLogData message, or note that we are caught up."""
