@@ -155,6 +155,7 @@ class Standby:
     private_copies: dict = field(default_factory=dict)  # segno -> restored file kept out of pg_wal
     streamed_once: bool = False
     last_rescan: float = field(default_factory=time.monotonic)
+    timeline_end_seen: bool = False                  # streaming given up with the walreceiver WAITING
     last_pg_wal_try: tuple | None = None             # (reader position, segno) last read from pg_wal
     walrcv_requested_at: float = -1e9               # monotonic time of the last walreceiver request
     published_at: float = 0.0                       # monotonic time replay_lsn was last published
@@ -308,12 +309,16 @@ class Standby:
         return found
 
     def rescan_due(self, interval: float) -> bool:
+        """Look for a newer timeline now?  When the stream ended at the end of its timeline (the
+        walreceiver WAITING now, or seen WAITING when streaming was given up: under stop_walreceiver
+        it is stopped by then), else every RESCAN_EVERY retry intervals."""
         if self.cfg["recovery_target_timeline"] != "latest":
             return False
         now = time.monotonic()
-        ended = WalRcvState(self.ctx.shared.walrcv.get("state")) == WalRcvState.WAITING
+        ended = self.timeline_end_seen or WalRcvState(self.ctx.shared.walrcv.get("state")) == WalRcvState.WAITING
         if ended or now - self.last_rescan >= RESCAN_EVERY * interval:
             self.last_rescan = now
+            self.timeline_end_seen = False
             return True
         return False
 
@@ -535,8 +540,11 @@ class Standby:
                 wr.set(state=int(WalRcvState.RESTARTING))
                 restart = True
             else:
-                wr.set(state=int(WalRcvState.STARTING), flushed_lsn=start, written_lsn=start,
-                       latest_chunk_start=start, received_tli=tli)
+                # As RequestXLogStreaming: the received position starts over only at the first start
+                # or on another timeline; otherwise what was flushed before stays flushed (and shown).
+                if wr.get("receive_start") == 0 or wr.get("received_tli") != tli:
+                    wr.set(flushed_lsn=start, written_lsn=start, latest_chunk_start=start, received_tli=tli)
+                wr.set(state=int(WalRcvState.STARTING))
                 restart = False
         self.walrcv_requested_at = time.monotonic()
         self.ctx.events.emit("walreceiver_request", start=format_lsn(start), tli=tli, restart=restart)
@@ -614,10 +622,19 @@ class Standby:
                     self.sleep(1.0)
                     continue
                 # The stream is gone (or what it gave us is invalid).
+                if wst == WalRcvState.WAITING:
+                    self.timeline_end_seen = True     # the primary ended it at the end of its timeline
                 log.debug("switched WAL source from stream to archive after failure")
                 self.policy.stream_lost()
                 reader.read_upto = None
                 failed_here = False
+                if self.rescan_due(interval) and self.rescan_latest_timeline(pos):
+                    # A newer timeline: look for its WAL at once, as PostgreSQL does when
+                    # rescanLatestTimeLine finds one after streaming failed.
+                    if self.walrcv_running():
+                        self.policy.timeline_changed()
+                    self.transition(RecoveryState.RETRY_ARCHIVE, "new timeline found")
+                    continue
                 self.after_round_wait(interval, "streaming stopped")
                 continue
             if st in (RecoveryState.ARCHIVE_RECOVERY, RecoveryState.RETRY_ARCHIVE):

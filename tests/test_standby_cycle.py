@@ -14,6 +14,7 @@ import pytest
 from tests.cluster import wait_for
 from tests.invariants import ReplayWatch, check_data_equal, check_segments_identical, wait_streaming
 from tests.standby_helpers import COORDINATIONS, archived, make_primary, wait_archived, write_rows
+from xlog.lsn import parse_lsn
 
 RETRY_S = 1.0
 
@@ -41,11 +42,18 @@ def test_seed_cycle(nodes, tmp_path, coordination):
     watch.sample()
 
     # The primary goes away: the standby leaves streaming and retries the archive.
+    received = parse_lsn(standby.status()["receive_lsn"])
+    requests = len(standby.events("walreceiver_request"))
     primary.stop("immediate")
     wait_for(lambda: standby.status()["recovery_state"] in ("retry_archive", "wait_retry"), 60,
              "standby to leave streaming")
     wait_for(lambda: len([e for e in standby.events("restore") if not e["ok"]]) >= 3, 30,
              "three failed archive attempts")
+    if coordination == "stop_walreceiver":
+        # Walreceivers started again while the primary is away keep the received position
+        # (RequestXLogStreaming resets it only at the first start or on another timeline).
+        wait_for(lambda: len(standby.events("walreceiver_request")) > requests, 30, "a walreceiver restart")
+        assert parse_lsn(standby.status()["receive_lsn"]) >= received
     if coordination == "concurrent":
         # The walreceiver stays and keeps reconnecting: none exited.
         assert not [e for e in standby.events("child_exit") if e["child"] == "walreceiver"]
