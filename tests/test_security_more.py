@@ -26,6 +26,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import struct
 import time
 from pathlib import Path
@@ -48,15 +49,20 @@ def _h(key: bytes, msg: bytes) -> bytes:
 
 
 def raw_login(port: int, user: str, password: str | None = None, database: str = "postgres",
-              timeout: float = 10.0) -> dict:
-    """Start a session over a bare socket, answering the server's password request (cleartext, md5,
-    SCRAM-SHA-256) with ``password``.  Returns {"auth": [request codes], "error": ErrorResponse
-    fields or None, "ready": ReadyForQuery seen}."""
+              timeout: float = 10.0, tls: "ssl.SSLContext | None" = None) -> dict:
+    """Start a session over a bare socket (inside TLS after an SSLRequest when ``tls`` is given),
+    answering the server's password request (cleartext, md5, SCRAM-SHA-256) with ``password``.
+    Returns {"auth": [request codes], "error": ErrorResponse fields or None, "ready": ReadyForQuery seen}."""
     params = P.cstr("user") + P.cstr(user) + P.cstr("database") + P.cstr(database) + b"\0"
     body = struct.pack("!I", P.PROTOCOL_3) + params
     out: dict = {"auth": [], "error": None, "ready": False}
     scram: dict = {}
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        if tls is not None:
+            s.sendall(struct.pack("!II", 8, P.SSL_REQUEST))
+            assert s.recv(1) == b"S"
+            s = stack.enter_context(tls.wrap_socket(s, server_hostname="localhost"))
         s.sendall(struct.pack("!I", len(body) + 4) + body)
         reader = P.MessageReader()
         deadline = time.monotonic() + timeout
