@@ -20,6 +20,7 @@ from typing import Any
 
 from backend.nodes import INET, INT4, INT8, NAME, OID, TEXT, TIMESTAMPTZ, XID, Value
 from libpq.protocol import SQLError
+from storage.roles import as_committed
 
 PID_MAX_LIMIT = 4 * 1024 * 1024        # Linux's ceiling for pid_max (64-bit): no process has a pid above it
 _next_pid = itertools.count(PID_MAX_LIMIT + 1)
@@ -61,10 +62,17 @@ COLUMNS: list[tuple[str, int]] = [
     ("query", TEXT), ("backend_type", TEXT)]
 
 
+def _caller_role(session: Any) -> Any:
+    """The caller's role with its attributes as committed now (backend/roles.py current_role)."""
+    role = getattr(session, "role", None)
+    store = getattr(session, "store", None)
+    return as_committed(role, store.conn) if role is not None and store is not None else role
+
+
 def view_rows(session: Any, activities: list[Activity]) -> list[list[Value]]:
     """pg_stat_activity as ``session`` may see it: another role's session (for a non-superuser) shows
     pid, user, application and type only, its query as ``<insufficient privilege>``, as PostgreSQL."""
-    role = getattr(session, "role", None)
+    role = _caller_role(session)
     rows = []
     for a in activities:
         full = role is None or role.superuser or (a.usename is not None and a.usename == role.name)
@@ -87,7 +95,7 @@ def view_rows(session: Any, activities: list[Activity]) -> list[list[Value]]:
 
 def check_signal(session: Any, target: Activity, terminate: bool) -> None:
     """PostgreSQL 15's pg_signal_backend privilege rule; raises 42501 (its messages) when refused."""
-    role = getattr(session, "role", None)
+    role = _caller_role(session)
     if role is None or role.superuser:
         return
     if target.superuser or target.usename is None:

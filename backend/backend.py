@@ -279,12 +279,14 @@ class Backend(GroupCommit, Engine):
         """Out of descriptors (or another accept error): refuse one waiting client with a spare
         descriptor, then stop listening for ACCEPT_BACKOFF instead of spinning on a readable socket."""
         assert self.listen_sock is not None
+        # Counted (and, first in its interval, logged) before the spare refuses a client, so that the
+        # summary line names the accept() failure rather than only a refusal.
+        self.fds.accept_failed(e)
         if e.errno in (errno.EMFILE, errno.ENFILE) and self.fds.release_spare():
             with contextlib.suppress(OSError):
                 sock, _addr = self.listen_sock.accept()
                 self.fds.refuse(sock)
             self.fds.restore_spares()
-        self.fds.accept_failed(e)
         self.set_listening(False)
 
     def set_listening(self, on: bool) -> None:

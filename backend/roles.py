@@ -20,7 +20,7 @@ from pglast.parser import ParseError
 
 from libpq import scram
 from libpq.protocol import SQLError
-from storage.roles import RoleInfo, all_roles, lookup_role
+from storage.roles import RoleInfo, all_roles, as_committed, lookup_role
 
 FIRST_USER_OID = 16384
 
@@ -32,9 +32,19 @@ _OPTION_NAMES = {"validUntil": "VALID UNTIL", "addroleto": "IN ROLE", "rolemembe
 _IGNORED = {"createdb", "createrole", "inherit", "bypassrls", "connectionlimit", "sysid"}
 
 
-def require_superuser(session: Any, message: str) -> None:
-    """42501 unless the session's role is a superuser (sessions without a role: unit tests, trusted)."""
+def current_role(session: Any) -> RoleInfo | None:
+    """The session's role with the attributes committed now (not those it logged in with): what every
+    privilege check asks, as PostgreSQL's superuser().  None for sessions without a role (unit tests)."""
     role = getattr(session, "role", None)
+    store = getattr(session, "store", None)
+    if role is None or store is None:
+        return role
+    return as_committed(role, store.conn)
+
+
+def require_superuser(session: Any, message: str) -> None:
+    """42501 unless the session's role is a superuser now (sessions without a role: unit tests, trusted)."""
+    role = current_role(session)
     if role is not None and not role.superuser:
         raise SQLError("42501", message)
 
@@ -148,7 +158,7 @@ def execute_role_stmt(session: Any, node: Any) -> str:
         role = _current(session, name)
         if role is None:
             raise SQLError("42704", f'role "{name}" does not exist')
-        me = getattr(session, "role", None)
+        me = current_role(session)
         only_password = all(d.defname == "password" for d in node.options or ())
         if me is not None and not me.superuser and not (only_password and me.name == name):
             raise SQLError("42501", "permission denied")

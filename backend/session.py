@@ -151,6 +151,10 @@ class Connection:
                 data = self.tls.receive(data)
             except ssl.SSLError as e:
                 log.info("could not accept SSL connection: %s", e.reason or e)
+                # The alert OpenSSL wrote (protocol version, unknown CA, ...) goes out before the close, as
+                # from PostgreSQL's backend, so the client says why rather than "unexpected eof".
+                with contextlib.suppress(OSError):
+                    self.sock.send(self.tls.take_output())
                 self.close()
                 return
             self.raw_out += self.tls.take_output()     # handshake records

@@ -60,6 +60,15 @@ def lookup_role(conn: sqlite3.Connection, name: str) -> RoleInfo | None:
     return None if row is None else RoleInfo.from_json(name, row[0])
 
 
+def as_committed(role: RoleInfo, conn: sqlite3.Connection) -> RoleInfo:
+    """A logged-in role's attributes as the catalog has them now.  PostgreSQL's superuser() reads
+    pg_authid through a cache that every committed role change invalidates, so an ``ALTER ROLE x
+    NOSUPERUSER`` takes effect in x's open sessions at their next statement; a dropped role has no
+    attribute left (superuser_arg() of a missing role is false)."""
+    now = lookup_role(conn, role.name)
+    return now if now is not None else RoleInfo(role.name, oid=role.oid)
+
+
 def all_roles(conn: sqlite3.Connection) -> list[RoleInfo]:
     try:
         rows = conn.execute("SELECT name, attrs FROM roles ORDER BY name").fetchall()

@@ -129,11 +129,14 @@ def convert(setting: Setting, raw: str) -> Any:
                               f'({setting.min:g} .. {setting.max:g})')
         return v
     if setting.kind == "enum":
+        # As PostgreSQL's parse_enum: any case matches, the value is the choice as spelled there
+        # ('tlsv1.3' is TLSv1.3).
         v = raw.strip().lower()
-        if v not in setting.choices:
-            raise ConfigError(f'invalid value for parameter "{setting.name}": "{raw}" '
-                              f'(available values: {", ".join(setting.choices)})')
-        return v
+        for choice in setting.choices:
+            if choice.lower() == v:
+                return choice
+        raise ConfigError(f'invalid value for parameter "{setting.name}": "{raw}" '
+                          f'(available values: {", ".join(setting.choices)})')
     return raw
 
 
