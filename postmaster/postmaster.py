@@ -190,7 +190,6 @@ class Postmaster:
         except TLSConfigError as e:
             raise StartupFailure(str(e)) from None
         self.events = EventLog(self.datadir, "postmaster")
-        self.logrotation = LogRotation(self.datadir, self.config, self.events)
         port = self.config["port"]
         host = listen_host(self.config)
         self.listen_sock = self.open_listen_socket(host, port)
@@ -198,6 +197,7 @@ class Postmaster:
         self.self_r, self.self_w = os.pipe()
         os.set_blocking(self.self_r, False)
         os.set_blocking(self.self_w, False)
+        self.logrotation = LogRotation(self.datadir, self.config, self.events, self.wake)
         self.death_r, self.death_w = os.pipe()
         self.handoff_parent, self.handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.handoff_parent.setblocking(False)
@@ -249,6 +249,10 @@ class Postmaster:
     def on_signal(self, signum: int, _frame: object) -> None:
         # Only queue and wake the loop: nothing else is safe here.
         self.pending_signals.append(signum)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the loop (a signal handler, or the log's receiver thread: a file to rotate)."""
         try:
             os.write(self.self_w, b"!")
         except OSError:
@@ -358,6 +362,7 @@ class Postmaster:
                 # A raw fork does not run multiprocessing's after-fork hooks; the log
                 # queue needs them to start its own feeder thread in this process.
                 multiprocessing.util._run_after_forkers()
+                elog.watch_logfile_size(0, None)   # the postmaster's file, self-pipe: not this process's
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(self.death_w)
                 os.close(self.self_r)

@@ -19,7 +19,9 @@ What asks for a rotation, as in PostgreSQL 15:
   the postmaster removes the file when it sees it (CheckLogrotateSignal), and removes a stale one at
   start.
 * ``log_rotation_size`` (kB, default 10MB, 0 off): the current file has reached it; checked at every
-  turn of the postmaster's loop (at most a second apart), so a burst may overshoot it, as PostgreSQL's.
+  turn of the postmaster's loop, and the receiver thread wakes the loop (the self-pipe) when a record
+  takes the file past it, so the overshoot is the few records written meanwhile (PostgreSQL's
+  syslogger checks after each read of its pipe).
 * ``log_rotation_age`` (minutes, default 1d, 0 off): at the next multiple of the age counted from
   midnight UTC (PostgreSQL counts from midnight in log_timezone; walswitch logs in UTC); the loop's
   sleep is cut short to end then.  Any rotation sets the next one, and a reload that changes the age
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 from utils import elog
 from utils.config import Config
@@ -57,13 +60,16 @@ def next_rotation_time(age_minutes: int, now: float) -> float | None:
 class LogRotation:
     """The postmaster's part: decide when, and rotate."""
 
-    def __init__(self, datadir: str, config: Config, events: EventLog):
+    def __init__(self, datadir: str, config: Config, events: EventLog, wake: Callable[[], None]):
+        """``wake``: wakes the postmaster's loop (safe from another thread)."""
         self.datadir = datadir
         self.events = events
+        self.wake = wake
         self.requested = False
         self.age = config["log_rotation_age"]
         self.size_kb = config["log_rotation_size"]
         self.next_rotation = next_rotation_time(self.age, time.time())
+        elog.watch_logfile_size(self.size_kb * 1024, wake)
         remove_signal_file(datadir)
 
     def request(self) -> None:
@@ -71,7 +77,9 @@ class LogRotation:
         self.requested = True
 
     def reload(self, config: Config) -> None:
-        self.size_kb = config["log_rotation_size"]
+        if config["log_rotation_size"] != self.size_kb:
+            self.size_kb = config["log_rotation_size"]
+            elog.watch_logfile_size(self.size_kb * 1024, self.wake)
         if config["log_rotation_age"] != self.age:
             self.age = config["log_rotation_age"]
             self.next_rotation = next_rotation_time(self.age, time.time())

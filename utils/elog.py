@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import time
+from typing import Callable
 
 import multiprocessing_logging
 
@@ -64,10 +65,15 @@ class LogFile(logging.FileHandler):
 
     multiprocessing-logging's receiver thread calls ``emit`` directly, not ``handle``, so ``emit``
     takes the handler's lock itself: ``rotate`` (the postmaster's main thread) then never swaps the
-    stream in the middle of a record.
+    stream in the middle of a record.  Once the file reaches ``size_limit`` bytes, ``emit`` calls
+    ``on_full`` (once per file): the postmaster's loop is woken to rotate it at once, rather than at
+    its next turn, when a burst may have added a megabyte.
     """
 
     def __init__(self, path: str):
+        self.size_limit = 0
+        self.on_full: Callable[[], None] | None = None
+        self._full_told = False
         super().__init__(path, mode="a")
 
     def _open(self):
@@ -77,6 +83,9 @@ class LogFile(logging.FileHandler):
     def emit(self, record: logging.LogRecord) -> None:
         with self.lock:
             super().emit(record)
+            if self.size_limit and not self._full_told and self.on_full is not None and self.size() >= self.size_limit:
+                self._full_told = True
+                self.on_full()
 
     def size(self) -> int:
         """Bytes in the current file (every record is flushed as it is written)."""
@@ -105,6 +114,7 @@ class LogFile(logging.FileHandler):
                     pass
                 raise
             old, self.stream = self.stream, new
+            self._full_told = False
             if old is not None:
                 old.close()
             return target
@@ -139,6 +149,16 @@ def log_files(datadir: str) -> list[str]:
 
 
 _logfile: LogFile | None = None
+
+
+def watch_logfile_size(limit: int, on_full: Callable[[], None] | None) -> None:
+    """Postmaster: call ``on_full`` (from the log's receiver thread) when the file reaches ``limit``
+    bytes (0: never)."""
+    if _logfile is not None:
+        with _logfile.lock:
+            _logfile.size_limit = limit
+            _logfile.on_full = on_full
+            _logfile._full_told = False
 
 
 def logfile_size() -> int:
