@@ -32,7 +32,8 @@ current file's name, ``walswitch.log`` (tools and tests read it), and renames th
 ``walswitch-YYYY-MM-DD_HHMMSS.log`` (UTC time of the rotation; ``.1``, ``.2`` ... before ``.log`` when
 taken); ``utils.elog.log_files`` lists them oldest first.  A rotation logs nothing (as PostgreSQL) but is
 an event, ``log_rotated``, in ``events.jsonl``, which itself is never rotated.  A rotation that fails
-(rename or open) is logged and the current file stays in use.
+(rename or open) is logged and the current file stays in use; when ``walswitch.log`` was removed by
+hand, a rotation only opens a new one (no event: nothing was renamed).
 """
 from __future__ import annotations
 

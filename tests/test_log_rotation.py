@@ -92,6 +92,14 @@ def test_pg_rotate_logfile_superuser_only(nodes):
     assert len(evs) == 2 and evs[1]["file"] != ev["file"]
     assert old.exists() and fatal_of("before_rotation") in old.read_text()
     check_modes(p)
+    # Removed by hand: a rotation opens a new one (nothing to rename), and lines land in it again.
+    os.unlink(os.path.join(p.datadir, "log", "walswitch.log"))
+    assert p.sql("SELECT pg_rotate_logfile()") == [(True,)]
+    wait_for(lambda: os.path.exists(os.path.join(p.datadir, "log", "walswitch.log")), 30, "a new walswitch.log")
+    marker(p, "after_removal")
+    wait_for(lambda: fatal_of("after_removal") in current_log(p), 30, "the line in the new file")
+    assert len(p.events("log_rotated")) == 2
+    check_modes(p)
 
 
 @pytest.mark.timeout(120)

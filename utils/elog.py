@@ -97,21 +97,26 @@ class LogFile(logging.FileHandler):
             except (OSError, ValueError):
                 return 0
 
-    def rotate(self, when: float) -> str:
+    def rotate(self, when: float) -> str | None:
         """Rename the current file to its rotated name and continue in a new, empty file; return
-        the rotated path.  Raises OSError (the current file is kept) when that cannot be done."""
+        the rotated path (None when someone had removed the file: then only a new one is opened).
+        Raises OSError (the current file is kept) when that cannot be done."""
         with self.lock:
             if self.stream is not None:
                 self.stream.flush()
-            target = rotated_path(os.path.dirname(self.baseFilename), when)
-            os.rename(self.baseFilename, target)   # the open stream follows the old file
+            target: str | None = rotated_path(os.path.dirname(self.baseFilename), when)
+            try:
+                os.rename(self.baseFilename, target)   # the open stream follows the old file
+            except FileNotFoundError:
+                target = None
             try:
                 new = self._open()
             except OSError:
-                try:
-                    os.rename(target, self.baseFilename)
-                except OSError:
-                    pass
+                if target is not None:
+                    try:
+                        os.rename(target, self.baseFilename)
+                    except OSError:
+                        pass
                 raise
             old, self.stream = self.stream, new
             self._full_told = False
