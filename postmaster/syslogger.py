@@ -32,11 +32,14 @@ current file's name, ``walswitch.log`` (tools and tests read it), and renames th
 ``walswitch-YYYY-MM-DD_HHMMSS.log`` (UTC time of the rotation; ``.1``, ``.2`` ... before ``.log`` when
 taken); ``utils.elog.log_files`` lists them oldest first.  A rotation logs nothing (as PostgreSQL) but is
 an event, ``log_rotated``, in ``events.jsonl``, which itself is never rotated.  A rotation that fails
-(rename or open) is logged and the current file stays in use; when ``walswitch.log`` was removed by
-hand, a rotation only opens a new one (no event: nothing was renamed).
+(rename or open) is logged and the current file stays in use; as PostgreSQL, unless the cause was
+running out of descriptors (EMFILE, ENFILE: tried again), size and age rotations are then off until a
+reload, which also asks for one (``disabling automatic rotation (use SIGHUP to re-enable)``).  When
+``walswitch.log`` was removed by hand, a rotation only opens a new one (no event: nothing was renamed).
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Callable
@@ -67,6 +70,7 @@ class LogRotation:
         self.events = events
         self.wake = wake
         self.requested = False
+        self.disabled = False         # PostgreSQL's rotation_disabled: size and age, after a failure
         self.age = config["log_rotation_age"]
         self.size_kb = config["log_rotation_size"]
         self.next_rotation = next_rotation_time(self.age, time.time())
@@ -84,10 +88,13 @@ class LogRotation:
         if config["log_rotation_age"] != self.age:
             self.age = config["log_rotation_age"]
             self.next_rotation = next_rotation_time(self.age, time.time())
+        if self.disabled:
+            self.disabled = False
+            self.requested = True
 
     def sleep_time(self, longest: float) -> float:
         """The loop's sleep: ``longest``, or less when an age rotation is due sooner."""
-        if self.next_rotation is None:
+        if self.next_rotation is None or self.disabled:
             return longest
         return max(0.0, min(longest, self.next_rotation - time.time()))
 
@@ -98,6 +105,8 @@ class LogRotation:
         now = time.time()
         if self.requested:
             reason = "requested"
+        elif self.disabled:
+            return
         elif self.next_rotation is not None and now >= self.next_rotation:
             reason = "age"
         elif self.size_kb > 0 and elog.logfile_size() >= self.size_kb * 1024:
@@ -111,6 +120,9 @@ class LogRotation:
         except OSError as e:
             log.info("could not rotate log file \"%s\": %s",
                      os.path.join(self.datadir, "log", elog.LOG_FILE), e.strerror or e)
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                log.info("disabling automatic rotation (use SIGHUP to re-enable)")
+                self.disabled = True
             return
         if rotated is not None:
             self.events.emit("log_rotated", reason=reason, file=os.path.basename(rotated))

@@ -10,6 +10,7 @@ A marker line is a failed connection: the backend (a child, so through the log q
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -236,6 +237,38 @@ def test_loop_sleep_ends_at_the_next_age_rotation(tmp_path):
     cfg.values["log_rotation_age"] = 0          # a reload that turns it off
     rot.reload(cfg)
     assert rot.next_rotation is None and rot.sleep_time(1.0) == 1.0
+
+
+def test_failed_rotation_turns_size_and_age_off_until_a_reload(tmp_path, monkeypatch):
+    """As PostgreSQL's rotation_disabled: not tried again at every turn of the loop."""
+    from postmaster import syslogger
+    calls = []
+
+    def fail(when, err=errno.EACCES):
+        calls.append(when)
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(syslogger.elog, "rotate_logfile", fail)
+    monkeypatch.setattr(syslogger.elog, "logfile_size", lambda: 20 * 1024)
+    cfg = Config({s.name: s.default for s in SETTINGS.values()}, {})
+    cfg.values["log_rotation_size"] = 8
+    rot = LogRotation(str(tmp_path), cfg, EventLog(str(tmp_path), "test"), lambda: None)
+    rot.check()
+    assert len(calls) == 1 and rot.disabled
+    rot.check()
+    assert len(calls) == 1
+    rot.request()                       # pg_rotate_logfile() is still tried
+    rot.check()
+    assert len(calls) == 2
+    rot.reload(cfg)                     # a reload turns them on again and asks for one
+    assert not rot.disabled and rot.requested
+    rot.check()
+    assert len(calls) == 3 and rot.disabled
+    rot.reload(cfg)
+    monkeypatch.setattr(syslogger.elog, "rotate_logfile", lambda when: fail(when, errno.EMFILE))
+    rot.check()
+    assert len(calls) == 4 and not rot.disabled        # out of descriptors: tried again
+    rot.check()
+    assert len(calls) == 5
 
 
 def test_next_rotation_time_is_a_multiple_of_the_age():
