@@ -362,7 +362,7 @@ class Postmaster:
                 # A raw fork does not run multiprocessing's after-fork hooks; the log
                 # queue needs them to start its own feeder thread in this process.
                 multiprocessing.util._run_after_forkers()
-                elog.watch_logfile_size(0, None)   # the postmaster's file, self-pipe: not this process's
+                elog.detach_logfile_in_child()     # the log file is the postmaster's (syslogger.py)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(self.death_w)
                 os.close(self.self_r)

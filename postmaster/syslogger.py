@@ -3,9 +3,10 @@
 Where the log file is written.  The postmaster opens ``DIR/log/walswitch.log`` (``utils.elog.LogFile``,
 a FileHandler) and wraps it with multiprocessing-logging before it forks anything.  From then on
 every process, the postmaster included, only puts its records on that wrapper's queue; one receiver
-thread in the postmaster takes them off and is the only writer of the file.  A child holds a copy of
-the handler object and of the descriptor that was open when it was forked, but never writes through
-them.  So rotating is the postmaster's business alone, and no child needs telling: its main loop
+thread in the postmaster takes them off and is the only writer of the file.  A child inherits a copy
+of the handler object, never writes through it, and points its copy of the descriptor at /dev/null
+right after the fork (``elog.detach_logfile_in_child``), so no child keeps a rotated file open.  So
+rotating is the postmaster's business alone, and no child needs telling: its main loop
 renames the file aside and opens a new one under the handler's lock, which the receiver thread takes
 for every record, so each record lands whole in the old file or in the new one, none is lost or split,
 and the order is the queue's.  (PostgreSQL needs a separate syslogger process because its children

@@ -79,6 +79,14 @@ def test_pg_rotate_logfile_superuser_only(nodes):
     assert fatal_of("after_rotation") not in old.read_text()
     assert log_files(p.datadir) == [str(old), os.path.join(p.datadir, "log", "walswitch.log")]
     check_modes(p)
+    # Only the postmaster holds the log open, and only the new file: the children, forked before the
+    # rotation, pointed their inherited descriptor at /dev/null (a removed rotated file frees its space).
+    holders = {}
+    for proc in p.processes():
+        for f in proc.open_files():
+            if f.path.startswith(os.path.join(p.datadir, "log", "walswitch")):
+                holders.setdefault(f.path, set()).add(" ".join(proc.cmdline()).split(" ")[1])
+    assert holders == {os.path.join(p.datadir, "log", "walswitch.log"): {"postmaster"}}
 
     # Not a superuser: PostgreSQL's 42501 (EXECUTE is revoked from public), and nothing is asked for.
     p.sql("CREATE ROLE alice LOGIN")

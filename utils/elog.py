@@ -166,6 +166,33 @@ def watch_logfile_size(limit: int, on_full: Callable[[], None] | None) -> None:
             _logfile._full_told = False
 
 
+def detach_logfile_in_child() -> None:
+    """A freshly forked child: its copy of the log file's descriptor is pointed at /dev/null.
+
+    The child never writes through it (its records go through the queue), but held open it would keep
+    the file of the child's fork time alive after a rotation and after an administrator removes the
+    rotated file (its disk space, as a deleted file still open).  dup2 rather than close: the stream
+    object keeps a valid descriptor number, which nothing else can then be handed.
+    """
+    global _logfile
+    f, _logfile = _logfile, None
+    if f is None:
+        return
+    f.size_limit, f.on_full = 0, None
+    stream = f.stream
+    if stream is None:
+        return
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd, inheritable=False)
+        finally:
+            os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
 def logfile_size() -> int:
     """Postmaster: the current log file's size (0 without one)."""
     return _logfile.size() if _logfile is not None else 0
