@@ -133,6 +133,24 @@ def test_walswitch_logrotate_command(nodes):
     assert "walswitch logrotate: error: PID file" in r.stderr and "is server running?" in r.stderr
 
 
+@pytest.mark.timeout(120)
+def test_rotation_after_a_crash_restart(nodes):
+    """A crash-restart gives the postmaster a new log queue (elog.restart_queue); the file and its
+    rotation stay the postmaster's."""
+    p = nodes.primary()
+    p.kill9("backend")
+    wait_for(lambda: p.events("crash_restart"), 30, "the crash-restart")
+    wait_for(lambda: p.sql("SELECT 1") == [(1,)], 60, "the server back")
+    marker(p, "after_restart")
+    p.wait_log(fatal_of("after_restart"))
+    assert p.sql("SELECT pg_rotate_logfile()") == [(True,)]
+    ev = rotations(p, 1)[0]
+    assert fatal_of("after_restart") in Path(p.datadir, "log", ev["file"]).read_text()
+    marker(p, "after_rotation")
+    wait_for(lambda: fatal_of("after_rotation") in current_log(p), 30, "the later line in the new file")
+    check_modes(p)
+
+
 def flood(n, names: list[str], stop: threading.Event | None = None) -> list[str]:
     """Log the markers one after the other (until ``stop``); return those sent."""
     sent = []
