@@ -218,6 +218,15 @@ class Backend(GroupCommit, Engine):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGHUP)
 
+    def request_logrotate(self) -> None:
+        """pg_rotate_logfile(): PostgreSQL's PMSIGNAL_ROTATE_LOGFILE; the postmaster owns the log file."""
+        with self.shared.pm.locked() as pm:
+            pm.set(rotate_logfile=1)
+        pid = self.shared.postmaster_pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGUSR1)
+
     def request_promote(self) -> None:
         with self.shared.recovery.locked() as r:
             r.set(promote_requested=1)

@@ -167,6 +167,14 @@ def _f_reload_conf(ctx: Any, args: list[Value]) -> Value:
     return (True, BOOL)
 
 
+@sqlfunc("pg_rotate_logfile", 0, BOOL)
+def _f_rotate_logfile(ctx: Any, args: list[Value]) -> Value:
+    """Asks the postmaster to rotate log/walswitch.log and returns at once, as PostgreSQL's."""
+    roles.require_superuser(ctx, "permission denied for function pg_rotate_logfile")
+    ctx.engine.request_logrotate()
+    return (True, BOOL)
+
+
 @sqlfunc("pg_backend_pid", 0, INT4)
 def _f_pid(ctx: Any, args: list[Value]) -> Value:
     return (ctx.pid, INT4)

@@ -91,6 +91,9 @@ class Engine:
     def request_reload(self) -> None:
         raise NotImplementedError
 
+    def request_logrotate(self) -> None:
+        raise NotImplementedError
+
     def activity(self) -> "list[activity.Activity]":
         """The sessions and walsenders for pg_stat_activity."""
         return []

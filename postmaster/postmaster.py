@@ -18,9 +18,9 @@ States (``PMState``, one table of allowed transitions below)::
 Who wakes whom: signal handlers only queue the signal number and write a byte
 to the self-pipe (gunicorn's arbiter), and the main loop below reads top to
 bottom: sleep on the self-pipe and the walsender hand-off socket, then handle
-signals, reap children, fork walsenders, read PMSignal flags, and start what
-the current state needs.  Children raise PMSignal flags in shared memory and
-send SIGUSR1.
+signals, reap children, fork walsenders, read PMSignal flags, rotate the log
+file if asked to or due (postmaster/syslogger.py), and start what the current
+state needs.  Children raise PMSignal flags in shared memory and send SIGUSR1.
 
 Child exits, as PostgreSQL's reaper judges them: exit 0 is orderly; a
 walreceiver (or archiver) that exits 1 is normal and may be started again;
@@ -46,6 +46,7 @@ from typing import Callable
 
 from libpq.tls import TLSConfigError, server_context
 from postmaster import pidfile
+from postmaster.syslogger import LogRotation
 from shmem import names
 from shmem.segment import SharedState
 from utils import elog, file_perm
@@ -153,6 +154,7 @@ class Postmaster:
         self.crash_deadline: float | None = None
         self.startup_signaled = False
         self.walreceiver_requested = False
+        self.logrotation: LogRotation | None = None
 
     # ------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -161,11 +163,12 @@ class Postmaster:
         self.transition(PMState.STARTUP, "server starting")
         self.start_startup()
         while self.state != PMState.EXIT:
-            self.sleep(1.0)
+            self.sleep(self.logrotation.sleep_time(1.0))
             self.handle_signals()
             self.reap_children()
             self.accept_handoffs()
             self.check_pmsignals()
+            self.logrotation.check()
             self.check_timeouts()
             self.maintain_children()
         self.teardown()
@@ -194,6 +197,7 @@ class Postmaster:
         self.self_r, self.self_w = os.pipe()
         os.set_blocking(self.self_r, False)
         os.set_blocking(self.self_w, False)
+        self.logrotation = LogRotation(self.datadir, self.config, self.events, self.wake)
         self.death_r, self.death_w = os.pipe()
         self.handoff_parent, self.handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.handoff_parent.setblocking(False)
@@ -245,6 +249,10 @@ class Postmaster:
     def on_signal(self, signum: int, _frame: object) -> None:
         # Only queue and wake the loop: nothing else is safe here.
         self.pending_signals.append(signum)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the loop (a signal handler, or the log's receiver thread: a file to rotate)."""
         try:
             os.write(self.self_w, b"!")
         except OSError:
@@ -271,7 +279,7 @@ class Postmaster:
             elif sig == signal.SIGHUP:
                 self.reload()
             elif sig == signal.SIGUSR1:
-                pass  # PMSignal flags are read every iteration
+                pass  # PMSignal flags and the logrotate file are read every iteration
             # SIGCHLD: reap_children runs every iteration anyway.
 
     def reload(self) -> None:
@@ -292,6 +300,7 @@ class Postmaster:
             if new.reload_summary():
                 log.error("%s", new.reload_summary())
             self.config = new
+            self.logrotation.reload(new)
         for c in list(self.children.values()):
             self.signal_child(c, signal.SIGHUP)
 
@@ -353,6 +362,7 @@ class Postmaster:
                 # A raw fork does not run multiprocessing's after-fork hooks; the log
                 # queue needs them to start its own feeder thread in this process.
                 multiprocessing.util._run_after_forkers()
+                elog.detach_logfile_in_child()     # the log file is the postmaster's (syslogger.py)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(self.death_w)
                 os.close(self.self_r)
@@ -541,8 +551,10 @@ class Postmaster:
         pm = self.shared.pm
         with pm.locked():
             flags = pm.snapshot("start_walreceiver", "recovery_started", "hot_standby_ready",
-                                "promote_requested", "stop_walreceiver")
-            pm.set(start_walreceiver=0, stop_walreceiver=0, promote_requested=0)
+                                "promote_requested", "stop_walreceiver", "rotate_logfile")
+            pm.set(start_walreceiver=0, stop_walreceiver=0, promote_requested=0, rotate_logfile=0)
+        if flags["rotate_logfile"]:
+            self.logrotation.request()
         if flags["recovery_started"] and self.state == PMState.STARTUP:
             self.transition(PMState.RECOVERY, "startup began recovery")
         if flags["hot_standby_ready"] and self.state == PMState.RECOVERY and self.config["hot_standby"]:

@@ -65,7 +65,8 @@ PM = RegionLayout("pm", (
     ("promote_requested", "B"),     # promote CLI / backend sets, postmaster forwards
     ("stop_walreceiver", "B"),      # startup sets, postmaster clears
     ("reload_requested", "B"),
-    ("pad", "2x"),
+    ("rotate_logfile", "B"),        # backend sets (pg_rotate_logfile), postmaster clears
+    ("pad", "1x"),
     ("checkpoint_requested", "Q"),  # backend bumps; postmaster asks the checkpointer
 ))
 

@@ -214,10 +214,18 @@ class Node:
         return [e for e in evs if kind is None or e.get("kind") == kind]
 
     def log_text(self) -> str:
-        try:
-            return Path(self.datadir, "log", "walswitch.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        """The server log: the rotated files, oldest first, then log/walswitch.log (so it only grows)."""
+        from utils.elog import log_files
+        out: list[str] = []
+        for _ in range(10):
+            files = log_files(self.datadir)
+            try:
+                out = [Path(p).read_text(errors="replace") for p in files]
+            except FileNotFoundError:       # rotated between the listing and the read: read again
+                continue
+            if log_files(self.datadir) == files:
+                break
+        return "".join(out)
 
     def wait_log(self, needle: str, timeout: float = 30.0) -> None:
         wait_for(lambda: needle in self.log_text(), timeout, f"log line {needle!r} in {self.name}")

@@ -1,7 +1,7 @@
 """Data directory 0700 and every file in it 0600, whatever the caller's umask (issue 10 item 6).
 
-Checked after init, start and load, a base backup, promotion; a start on a data directory that others
-may read or write is refused with PostgreSQL's FATAL and DETAIL.
+Checked after init, start and load, a base backup, promotion, log rotation; a start on a data directory
+that others may read or write is refused with PostgreSQL's FATAL and DETAIL.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def open_umask():
 
 
 @pytest.mark.timeout(240)
-def test_modes_after_init_start_basebackup_promotion(nodes, open_umask, tmp_path):
+def test_modes_after_init_start_basebackup_promotion_rotation(nodes, open_umask, tmp_path):
     empty = tmp_path / "existing"
     empty.mkdir(mode=0o755)
     empty.chmod(0o755)
@@ -61,6 +61,11 @@ def test_modes_after_init_start_basebackup_promotion(nodes, open_umask, tmp_path
     standby.sql("SELECT pg_promote()")
     wait_for(lambda: standby.status().get("mode") == "primary", 60, "promotion")
     standby.sql("INSERT INTO kv VALUES ('b', '2')")
+    assert loose_modes(standby.datadir) == []
+    # log rotation: the renamed file and the new walswitch.log (tests/test_log_rotation.py does more)
+    standby.sql("SELECT pg_rotate_logfile()")
+    wait_for(lambda: standby.events("log_rotated"), 30, "log rotation")
+    assert os.path.exists(os.path.join(standby.datadir, "log", standby.events("log_rotated")[0]["file"]))
     assert loose_modes(standby.datadir) == []
 
 

@@ -79,6 +79,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
                      "warning", "error", "log", "fatal", "panic")),
     Setting("log_destination", "string", "stderr"),
     Setting("logging_collector", "bool", True),
+    # Rotation of log/walswitch.log by the postmaster (postmaster/syslogger.py); 0 disables each.
+    Setting("log_rotation_age", "int", 1440, unit="min", min=0, max=35791394),
+    Setting("log_rotation_size", "int", 10240, unit="kB", min=0, max=2097151),
     Setting("application_name", "string", ""),
     Setting("cluster_name", "string", ""),
 ]}

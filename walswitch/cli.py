@@ -1,4 +1,5 @@
-"""``walswitch``: the command line (init, start, stop, status, promote, waldump, dump, basebackup, compare, soak).
+"""``walswitch``: the command line (init, start, stop, status, reload, logrotate, promote, waldump, dump, basebackup,
+compare, soak).
 
 Every error a user can cause is one line on stderr, ``walswitch <cmd>: error: ...``,
 and a non-zero exit; never a traceback.
@@ -6,6 +7,7 @@ and a non-zero exit; never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -137,8 +139,7 @@ def start_detached(datadir: str, args: argparse.Namespace) -> int:
     from postmaster import pidfile
     os.makedirs(os.path.join(datadir, "log"), exist_ok=True)
     out_path = os.path.join(datadir, "log", "postmaster.out")
-    log_path = os.path.join(datadir, "log", "walswitch.log")
-    log_offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+    log_offset = _server_log_size(datadir)
     argv = [sys.executable, "-m", "walswitch.cli", "start", "-D", datadir]
     for c in args.c or []:
         argv += ["-c", c]
@@ -155,7 +156,8 @@ def start_detached(datadir: str, args: argparse.Namespace) -> int:
         if code is not None:
             # The first FATAL of this start in the server log is the cause (a failed startup
             # process logs only there); else what the postmaster printed before its log existed.
-            reason = (first_fatal_line(log_path, log_offset) or last_error_line(out_path, start_offset)
+            reason = (first_fatal_line(_server_log_lines(datadir, log_offset))
+                      or last_error_line(out_path, start_offset)
                       or f"postmaster exited with exit code {code}")
             raise CliError(f"could not start server: {reason}")
         info = pidfile.read(datadir)
@@ -169,6 +171,33 @@ def start_detached(datadir: str, args: argparse.Namespace) -> int:
     raise CliError(f"server did not start in time ({args.timeout} s); see {out_path}")
 
 
+def _server_log_size(datadir: str) -> int:
+    """Bytes in the server log, rotated files included (utils.elog.log_files: they only grow)."""
+    from utils.elog import log_files
+    total = 0
+    for p in log_files(datadir):
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(p)
+    return total
+
+
+def _server_log_lines(datadir: str, offset: int) -> list[str]:
+    """The server log's lines after ``offset`` bytes of ``_server_log_size``: a rotation since
+    (log_rotation_size reached at start) does not hide them."""
+    from utils.elog import log_files
+    data = b""
+    for p in log_files(datadir):
+        with contextlib.suppress(OSError), open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if offset >= size:
+                offset -= size
+                continue
+            f.seek(offset)
+            offset = 0
+            data += f.read()
+    return data.decode("utf-8", "replace").splitlines()
+
+
 def _lines_from(path: str, offset: int) -> list[str]:
     try:
         with open(path, "rb") as f:
@@ -178,8 +207,8 @@ def _lines_from(path: str, offset: int) -> list[str]:
         return []
 
 
-def first_fatal_line(path: str, offset: int) -> str | None:
-    for line in _lines_from(path, offset):
+def first_fatal_line(lines: list[str]) -> str | None:
+    for line in lines:
         for marker in ("FATAL:  ", "PANIC:  "):
             if marker in line:
                 return line.split(marker, 1)[1].strip()
@@ -248,6 +277,32 @@ def cmd_reload(args: argparse.Namespace) -> int:
         raise CliError(f'PID file "{pidfile.path(datadir)}" does not exist; is server running?')
     os.kill(info.pid, signal.SIGHUP)
     print("server signaled")
+    return 0
+
+
+# ---------------------------------------------------------------- logrotate
+def cmd_logrotate(args: argparse.Namespace) -> int:
+    """pg_ctl logrotate: a ``logrotate`` file in the data directory and SIGUSR1 to the postmaster,
+    which rotates log/walswitch.log (postmaster/syslogger.py) and removes the file."""
+    from postmaster import pidfile
+    from postmaster.syslogger import signal_file
+    datadir = check_datadir(args.datadir, "logrotate")
+    info = pidfile.read(datadir)
+    if not pidfile.is_running(info):
+        raise CliError(f'PID file "{pidfile.path(datadir)}" does not exist; is server running?')
+    path = signal_file(datadir)
+    try:
+        with open(path, "w"):
+            pass
+    except OSError as e:
+        raise CliError(f'could not create log rotation signal file "{path}": {e.strerror}') from None
+    try:
+        os.kill(info.pid, signal.SIGUSR1)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise CliError(f"could not send log rotation signal (PID: {info.pid}): {e.strerror}") from None
+    print("server signaled to rotate log file")
     return 0
 
 
@@ -355,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reload", help="re-read the configuration files and pg_hba.conf (SIGHUP)")
     s.add_argument("-D", "--pgdata", dest="datadir")
     s.set_defaults(func=cmd_reload)
+
+    s = sub.add_parser("logrotate", help="rotate the server log file (log/walswitch.log), as pg_ctl logrotate")
+    s.add_argument("-D", "--pgdata", dest="datadir")
+    s.set_defaults(func=cmd_logrotate)
 
     s = sub.add_parser("promote", help="promote a standby")
     s.add_argument("-D", "--pgdata", dest="datadir")
