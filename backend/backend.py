@@ -531,6 +531,9 @@ class Backend(GroupCommit, Engine):
         self.writer = WalWriter(self.pg_wal, int(x["timeline"]), self._segsize, int(x["system_identifier"]),
                                 int(x["insert_lsn"]), int(x["last_record_lsn"]),
                                 on_segment_complete=self.on_segment_complete)
+        # The syncer thread and its pipe from the start: the backend's descriptors stay what they are.
+        self.walsync_fd = self.writer.flush_done_fd
+        self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
         st = self.ckpt_stats
         st.prior_redo = cf.redo_lsn
         st.last_end_lsn = self.writer.insert_lsn

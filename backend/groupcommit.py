@@ -41,7 +41,7 @@ class GroupCommit:
     trace: Any
     commit_queue: list[tuple[Connection, CommitWait]]
     unapplied: list[CommitWait]
-    walsync_fd: int | None   # the syncer's pipe, once registered with the selector
+    walsync_fd: int | None   # the syncer's pipe, registered with the selector (Backend.start_primary)
     _writer: Any             # Backend._writer(): the WalWriter, or a Panic on a standby
 
     def queue_commit(self, conn: Connection, w: CommitWait) -> None:
@@ -85,9 +85,6 @@ class GroupCommit:
             raise Panic(f"could not write to WAL: {e}") from e
         if not started:
             self.commits_durable()
-        elif self.walsync_fd is None:
-            self.walsync_fd = w.flush_done_fd
-            self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
 
     def collect_flush(self) -> None:
         w = self.writer

@@ -108,13 +108,20 @@ def _assert_no_secret(env) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("password_from", ["passfile", "PGPASSFILE", "conninfo"])
+@pytest.mark.parametrize("password_from", ["passfile", "PGPASSFILE", "home", "conninfo"])
 def test_verify_full_scram_channel_binding(pgtls, receiver_env, tmp_path, monkeypatch, password_from):
     conninfo = _tls_conninfo(pgtls)
     if password_from == "passfile":
         conninfo += f" passfile={_passfile(tmp_path / 'pgpass', pgtls.port)}"
     elif password_from == "PGPASSFILE":
         monkeypatch.setenv("PGPASSFILE", _passfile(tmp_path / 'pgpass', pgtls.port))
+    elif password_from == "home":
+        # libpq's default, ~/.pgpass (the walreceiver inherits the server's HOME)
+        home = tmp_path / "home"
+        home.mkdir()
+        _passfile(home / ".pgpass", pgtls.port)
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.delenv("PGPASSFILE", raising=False)
     else:
         conninfo += f" password={PASSWORD}"
     first = min(f for f in os.listdir(pgtls.pg_wal()) if len(f) == 24)
@@ -176,4 +183,28 @@ def test_plain_tcp_is_refused_by_hostnossl(pgtls, receiver_env):
     assert fatal == (f'could not connect to the primary server: connection to server at "127.0.0.1", port '
                      f'{pgtls.port} failed: FATAL:  pg_hba.conf rejects replication connection for host '
                      f'"127.0.0.1", user "repl", no encryption')
+    _assert_no_secret(env)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sslmode", ["prefer", "require", "verify-ca"])
+def test_weaker_sslmodes_still_use_tls(pgtls, receiver_env, sslmode):
+    """sslmode prefer, require and verify-ca all end up on TLS here (the primary refuses plain
+    replication): the stream runs and PostgreSQL's pg_stat_ssl says so.  The password comes from
+    conninfo and is masked where the conninfo is shown."""
+    c = pgtls.client_dir
+    conninfo = (f"host=127.0.0.1 port={pgtls.port} user=repl sslmode={sslmode} sslrootcert={c / 'root.crt'} "
+                f"sslcert={c / 'repl.crt'} sslkey={c / 'repl.key'} password={PASSWORD} application_name=mode")
+    env = standby_for(receiver_env, pgtls, conninfo)
+    first = min(f for f in os.listdir(pgtls.pg_wal()) if len(f) == 24)
+    env.request(int(first[16:24], 16) * SEGSIZE, 1)
+    pid = env.fork_walreceiver()
+    wait_for(lambda: env.state() == WalRcvState.STREAMING, 20, f"walreceiver streaming with sslmode={sslmode}")
+    row = pgtls.psql("SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) "
+                     "WHERE r.application_name = 'mode'")
+    assert row == "t", row
+    shown = stat_wal_receiver_rows(env.shared)[0][-1][0]
+    assert f"sslmode={sslmode}" in shown and "password=********" in shown
+    os.kill(pid, signal.SIGTERM)
+    assert env.wait_exit(pid) == 1
     _assert_no_secret(env)

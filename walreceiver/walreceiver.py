@@ -375,6 +375,7 @@ class WalReceiver(WalWrite, ArchiveRestorer, PrimaryCommands):
         if not self.claim_region():
             return 1
         code = 1
+        restore_fatal = False
         try:
             self.hook("walreceiver_start", refresh=True, start=format_lsn(self.start), tli=self.tli)
             self.work()
@@ -389,15 +390,19 @@ class WalReceiver(WalWrite, ArchiveRestorer, PrimaryCommands):
             code = 3
         except Fatal as e:
             code = self.leave(e.message, e.detail, e.reason)
-            if isinstance(e, RestoreFailed):
-                with self.wr.locked():
-                    self.wr.set(restore_fatal=1)
+            restore_fatal = isinstance(e, RestoreFailed)
         except InjectedError as e:
             code = self.leave(str(e), None, "injected error", flush=False)
         except PostmasterDied:
             self.die_now()
         finally:
             self.cleanup()
+        if restore_fatal:
+            # The startup ends recovery on this flag, and the postmaster then stops everything:
+            # our FATAL line must be on its way to the log before anyone acts on it.
+            elog.flush_child()
+            with self.wr.locked():
+                self.wr.set(restore_fatal=1)
         return code
 
     def leave(self, message: str, detail: str | None, reason: str, flush: bool = True) -> int:
