@@ -132,6 +132,8 @@ def preload_child_modules() -> None:
     """
     import archiver.archiver  # noqa: F401
     import backend.backend  # noqa: F401
+    import cryptography.hazmat.primitives.serialization  # noqa: F401  (libpq.tls imports it on first use)
+    import cryptography.x509  # noqa: F401
     import walsender.walsender  # noqa: F401
     import walreceiver.walreceiver  # noqa: F401
 
