@@ -95,12 +95,16 @@ def restore_file(datadir: str, command: str, fname: str, expected_size: int | No
                  last_restartpoint: str, *, timeout: float = 0.0,
                  should_stop: Callable[[], bool] = lambda: False,
                  on_child: Callable[[int | None], None] = lambda pid: None,
-                 install: bool = True) -> RestoreResult:
+                 install: bool = True, meanwhile: Callable[[], None] | None = None) -> RestoreResult:
     """Run restore_command for ``fname``; on success the file is in pg_wal under its name.
 
     ``should_stop`` is polled while the command runs (shutdown, postmaster
     death); ``on_child`` learns the command's pid (for the injection points
-    and for tests that kill it).
+    and for tests that kill it).  ``meanwhile`` is called once the command
+    has started, before waiting for it (the startup applies its last batch
+    of replayed commits while the command copies); if it raises, the command
+    is killed.  ``seconds`` counts from the command's start to when it was
+    seen done, so it includes ``meanwhile`` when that took longer.
     """
     pg_wal = os.path.join(datadir, "pg_wal")
     tmp_rel = os.path.join("pg_wal", f"RECOVERYXLOG.{os.getpid()}.{fname}")
@@ -119,6 +123,8 @@ def restore_file(datadir: str, command: str, fname: str, expected_size: int | No
     code: int | None = None
     timed_out = False
     try:
+        if meanwhile is not None:
+            _run_beside(proc, meanwhile, tmp_abs)
         while True:
             code = _wait_exit(proc, pidfd, STOP_POLL)
             if code is not None:
@@ -164,6 +170,16 @@ def restore_file(datadir: str, command: str, fname: str, expected_size: int | No
     os.replace(tmp_abs, os.path.join(pg_wal, fname))
     fsync_path(pg_wal, directory=True)
     return RestoreResult(True, fname, 0, seconds, size, path=os.path.join(pg_wal, fname))
+
+
+def _run_beside(proc: subprocess.Popen, work: Callable[[], None], tmp_abs: str) -> None:
+    """Run work while the command runs; if it fails, the command is killed and its file removed."""
+    try:
+        work()
+    except BaseException:
+        _kill_group(proc)
+        _unlink(tmp_abs)
+        raise
 
 
 def _open_pidfd(pid: int) -> int | None:
