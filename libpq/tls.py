@@ -43,10 +43,6 @@ import ssl
 import stat
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
-
 PROTOCOL_VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
                      "TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -110,6 +106,11 @@ def server_context(cfg: Any, datadir: str) -> ssl.SSLContext | None:
 def tls_server_end_point(cert_pem_or_der: bytes) -> bytes:
     """RFC 5929 tls-server-end-point: the certificate hashed with its signature's hash (SHA-256 for MD5,
     SHA-1 and SHA-256 signatures), as PostgreSQL's be_tls_get_certificate_hash."""
+    # cryptography is imported here, not at the top: ~30 ms off the postmaster's start-up path
+    # (it reaches this module through server_context); preload_child_modules loads it for the backends.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding
     if cert_pem_or_der.startswith(b"-----"):
         cert = x509.load_pem_x509_certificate(cert_pem_or_der)
     else:

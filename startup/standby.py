@@ -42,7 +42,12 @@ Replay applies committed transactions at their commit records, in batches
 the hot path: records in batches from ``WalReader.read_records``; only when
 the reader runs dry does the startup apply and publish what it replayed,
 force a walreceiver reply, look at the shared state and wait (``next_record``,
-``wait_for_wal``).  A shutdown request is noticed after each batch, a promote
+``wait_for_wal``).  When what comes next is an archive attempt, that apply
+runs while restore_command copies the next segment (``settle_replay``,
+passed to ``xlog.archive.restore_file`` as ``meanwhile``): in an archive
+catch-up the store's SQLite work and the copy overlap instead of taking turns
+(the restore itself is still one segment at a time, after the previous one
+was read, as PostgreSQL's).  A shutdown request is noticed after each batch, a promote
 request when WAL runs out, as PostgreSQL's.  Every replayed checkpoint record
 becomes a restartpoint: the store is synced and the control file points at
 that checkpoint, so a crash-restart replays from there and skips commits the
@@ -55,6 +60,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from shmem.segment import SharedState
 from shmem.states import RecoveryState, WalRcvState, WalSource
@@ -162,6 +168,7 @@ class Standby:
     reply_forced_at: int = 0                        # replay position we last forced a reply for
     wait_event_segno: int = -1                      # segment of the last wal_wait event (walreceiver_restores)
     mapped: tuple | None = None                     # (path, (dev, ino, size), mapping) of the segment being read
+    replay_owed: bool = False                       # reader ran dry, batch not yet applied and published
 
     def __post_init__(self) -> None:
         self.datadir = self.ctx.datadir
@@ -407,7 +414,12 @@ class Standby:
     def last_restartpoint_file(self) -> str:
         return segment_name(self.cf.timeline, segno_of(self.cf.redo_lsn, self.segsize), self.segsize)
 
-    def run_restore(self, fname: str, expected_size: int | None) -> bool:
+    def run_restore(self, fname: str, expected_size: int | None,
+                    meanwhile: Callable[[], None] | None = None) -> bool:
+        """restore_command for fname, unless asked too recently; True once it is in place.
+
+        ``meanwhile`` runs while the command does (xlog.archive.restore_file), if it runs.
+        """
         cmd = self.cfg["restore_command"]
         if not cmd:
             return False
@@ -430,7 +442,7 @@ class Standby:
             res = restore_file(self.datadir, cmd, fname, expected_size, self.last_restartpoint_file(),
                                timeout=self.cfg["restore_command_timeout"],
                                should_stop=lambda: self.flags.shutdown or not self.ctx.postmaster_alive(),
-                               on_child=on_child, install=False)
+                               on_child=on_child, install=False, meanwhile=meanwhile)
         except InterruptedError:
             raise Shutdown() from None
         self.ctx.events.emit("restore", file=fname, ok=res.ok, exit=res.exit_code, seconds=round(res.seconds, 4),
@@ -477,14 +489,19 @@ class Standby:
         fsync_dir(self.pg_wal)
         archive_status.mark_done(self.pg_wal, fname)
 
-    def try_archive(self, segno: int) -> bool:
-        """One archive attempt for a segment (newest candidate timeline first)."""
+    def try_archive(self, segno: int, meanwhile: Callable[[], None] | None = None) -> bool:
+        """One archive attempt for a segment (newest candidate timeline first).
+
+        ``meanwhile`` runs beside the first restore_command that runs, if any does.
+        """
         if not self.policy.startup_restores or not self.cfg["restore_command"]:
             return False
+        if meanwhile is not None and self.walrcv_running():
+            meanwhile()     # before_restore may wait for the walreceiver to stop: not with it owed
         self.policy.before_restore()
         for tli in self.tli_for_segment(segno):
             fname = segment_name(tli, segno, self.segsize)
-            if self.run_restore(fname, self.segsize):
+            if self.run_restore(fname, self.segsize, meanwhile=meanwhile):
                 self.ctx.shared.recovery.update(last_restored_segment=fname)
                 self.ctx.events.emit("segment_fetched", source="archive", file=fname, bytes=self.segsize)
                 return True
@@ -640,6 +657,7 @@ class Standby:
             if st in (RecoveryState.ARCHIVE_RECOVERY, RecoveryState.RETRY_ARCHIVE):
                 self.last_round = time.monotonic()
                 if self.state == RecoveryState.RETRY_ARCHIVE and self.rescan_due(interval):
+                    self.settle_replay()
                     if self.rescan_latest_timeline(pos):
                         if self.walrcv_running():
                             self.policy.timeline_changed()
@@ -647,10 +665,14 @@ class Standby:
                 # A complete segment already in pg_wal (restored or streamed before a
                 # restart) is read from there: PostgreSQL would fetch it again.
                 if not failed_here and self.pg_wal_complete(segno) and self.last_pg_wal_try != (pos, segno):
+                    self.settle_replay()
                     self.last_pg_wal_try = (pos, segno)
                     self.transition(st, "complete segment present in pg_wal", WalSource.PG_WAL)
                     return
-                if self.try_archive(segno):
+                # What replay owes is applied while restore_command copies (or now, if none runs).
+                restored = self.try_archive(segno, meanwhile=self.settle_replay)
+                self.settle_replay()
+                if restored:
                     self.transition(st, "restored from archive", WalSource.ARCHIVE)
                     return
                 if not failed_here and self.pg_wal_has(segno) and self.last_pg_wal_try != (pos, segno):
@@ -816,8 +838,11 @@ class Standby:
             if replaying:
                 # Replayed all we had: make it visible and reported now (replay lag).  While
                 # streaming this is once per refresh of read_upto, so rarely when far behind.
-                self.flush_replay()
-                self.force_walreceiver_reply()
+                # Before an archive attempt it is owed instead and paid while restore_command
+                # runs (wait_for_wal): the store's apply overlaps the command's copy.
+                self.replay_owed = True
+                if not self.archive_next():
+                    self.settle_replay()
             if self.state == RecoveryState.STREAMING:
                 # The walreceiver may have flushed more since read_upto was set.
                 upto = self.ctx.shared.walrcv.get("flushed_lsn")
@@ -875,6 +900,18 @@ class Standby:
             self.check_consistency(rec.next_lsn)
         if not self.redo.pending and time.monotonic() - self.published_at > 0.2:
             self.publish_replay()
+
+    def archive_next(self) -> bool:
+        """Will wait_for_wal try the archive first (no other wait before it)?"""
+        return self.policy.startup_restores and self.state in (RecoveryState.ARCHIVE_RECOVERY,
+                                                                RecoveryState.RETRY_ARCHIVE)
+
+    def settle_replay(self) -> None:
+        """Pay an owed flush (next_record): apply the batch, publish, tell the walreceiver."""
+        if self.replay_owed:
+            self.replay_owed = False
+            self.flush_replay()
+            self.force_walreceiver_reply()
 
     def note_commits(self, recs) -> None:
         for rec in recs:

@@ -158,6 +158,37 @@ def test_apply_many_runs_equal_changes_in_order(txns: list) -> None:
             store.close()
 
 
+# Runs of puts across the multi-row INSERT sizes (kvstore._PUT_CHUNKS: 256, 16), few keys so
+# that one statement often puts the same key twice.
+LONG_PUTS = st.lists(st.tuples(st.just("put"), st.one_of(st.sampled_from(["a", "b", "é", "k" * 300]),
+                                                         st.text(min_size=1, max_size=2)), VALUES),
+                     min_size=0, max_size=600)
+
+
+@pytest.mark.timeout(180)
+@settings(max_examples=40, deadline=None)
+@given(runs=st.lists(LONG_PUTS, min_size=1, max_size=3), split=st.integers(1, 3))
+def test_long_put_runs_equal_rows_one_by_one(runs: list, split: int) -> None:
+    """Long runs of puts (multi-row INSERTs) end as the rows one by one, in any batch split."""
+    changes: list = []
+    for run in runs:
+        changes += run + [("delete", "a", None)]
+    model: dict = {}
+    for op, k, v in changes:
+        if op == "put":
+            model[k] = v
+        else:
+            model.pop(k, None)
+    step = -(-len(changes) // split)
+    with tempfile.TemporaryDirectory() as d:
+        store = KVStore(os.path.join(d, "kv.sqlite"))
+        try:
+            store.apply_many([(changes[i:i + step], 100 + i) for i in range(0, len(changes), step)], 1)
+            assert dict(store.items()) == model
+        finally:
+            store.close()
+
+
 @pytest.mark.timeout(60)
 def test_background_checkpointer_copies_wal_and_stops(tmp_path) -> None:
     path = str(tmp_path / "kv.sqlite")
