@@ -105,7 +105,6 @@ class Backend(GroupCommit, Engine):
         self.fds = FdBudget()
         self.listening = False           # the listen socket is registered (not backing off)
         self.trace = lagtrace.start(self.datadir, "backend", self.config)
-        self.walsync_fd: int | None = None   # the WAL writer's background-flush pipe, once registered
 
     # ------------------------------------------------------------ Engine interface
     def in_recovery(self) -> bool:
@@ -531,9 +530,6 @@ class Backend(GroupCommit, Engine):
         self.writer = WalWriter(self.pg_wal, int(x["timeline"]), self._segsize, int(x["system_identifier"]),
                                 int(x["insert_lsn"]), int(x["last_record_lsn"]),
                                 on_segment_complete=self.on_segment_complete)
-        # The syncer thread and its pipe from the start: the backend's descriptors stay what they are.
-        self.walsync_fd = self.writer.flush_done_fd
-        self.sel.register(self.walsync_fd, selectors.EVENT_READ, "walsync")
         st = self.ckpt_stats
         st.prior_redo = cf.redo_lsn
         st.last_end_lsn = self.writer.insert_lsn
@@ -561,8 +557,7 @@ class Backend(GroupCommit, Engine):
             if self.trace.on:
                 self.trace.idle()
             events = self.sel.select(self.loop_timeout())
-            last = len(events) - 1
-            for i, (key, mask) in enumerate(events):
+            for key, mask in events:
                 data = key.data
                 if data == "death":
                     if self.postmaster_died():
@@ -573,8 +568,6 @@ class Backend(GroupCommit, Engine):
                     with contextlib.suppress(BlockingIOError, InterruptedError):
                         while os.read(self.sig_r, 4096):
                             pass
-                elif data == "walsync":
-                    pass    # a background flush ended: group_commit collects it
                 elif isinstance(data, Relay):
                     if mask & selectors.EVENT_READ and not data.closed:
                         data.on_readable()
@@ -584,7 +577,6 @@ class Backend(GroupCommit, Engine):
                     conn: Connection = data
                     if mask & selectors.EVENT_READ and not conn.closed:
                         conn.on_readable()
-                        self.flush_early(i < last)
                     if mask & selectors.EVENT_WRITE and not conn.closed:
                         conn.flush_out()
             self.group_commit()
@@ -625,7 +617,7 @@ class Backend(GroupCommit, Engine):
     def loop_timeout(self) -> float:
         """0 with commits to finish; else until the soonest sleeper is due (a long statement's pause
         is due at once), at most LOOP_TIMEOUT."""
-        if self.commit_queue and not (self.writer is not None and self.writer.flush_in_flight):
+        if self.commit_queue:
             return 0.0
         timeout = LOOP_TIMEOUT
         if self.sleepers:
@@ -727,10 +719,6 @@ class Backend(GroupCommit, Engine):
     def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.close()
-        if self.walsync_fd is not None:
-            with contextlib.suppress(Exception):
-                self.sel.unregister(self.walsync_fd)
-            self.walsync_fd = None
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()

@@ -33,7 +33,6 @@ class CommitWait(Wait):
     """A logged commit: resume once its WAL is flushed and its changes applied."""
     txn: Any    # backend/sql.py Txn
     end_lsn: int
-    applied: bool = False   # set by group commit once flushed and applied to the store
 
 
 @dataclass

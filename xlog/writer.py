@@ -21,21 +21,11 @@ for 16 MB of zeros and an fsync at each segment boundary (10 to 30 ms here,
 once per 16 MB of WAL, paid by every commit behind it).  Unlike PostgreSQL's,
 the prepared file stays under its temp name until the writer reaches it and
 links it into place: pg_wal never holds a segment beyond the end of WAL, so
-readers, pg_waldump and a crash's cleanup see what they saw before.
-
-Background flush (``begin_flush`` / ``finish_flush``): the inserter writes its
-buffer, then the syncer thread runs the fdatasync calls while the inserter's
-loop goes on serving other sessions (PostgreSQL's backends each wait in their
-own XLogFlush while the others work; ours share one loop).  ``flush_lsn``
-moves only when the inserter collects the finished flush; ``flush()`` first
-waits for one in flight, so every synchronous caller keeps the old guarantee.
-The thread never touches this object's state: it is handed descriptors, and a
-descriptor is closed only after the flush that covered it was collected."""
+readers, pg_waldump and a crash's cleanup see what they saw before."""
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 from typing import Callable
 
@@ -159,50 +149,6 @@ def copy_segment_prefix(pg_wal: str, src_tli: int, dst_tli: int, segno: int, upt
     return _install_file(pg_wal, segment_name(dst_tli, segno, segsize), fill, replace=True)
 
 
-class _Syncer:
-    """One thread that runs fdatasync on the descriptors it is handed; a pipe byte says it is done."""
-
-    def __init__(self) -> None:
-        self.done_r, self.done_w = os.pipe()
-        os.set_blocking(self.done_r, False)
-        self.requests: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
-        self.done = threading.Event()
-        self.error: OSError | None = None
-        self.thread = threading.Thread(target=self._run, name="walsync", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            fds = self.requests.get()
-            if fds is None:
-                return
-            try:
-                for fd in fds:
-                    os.fdatasync(fd)
-            except OSError as e:
-                self.error = e
-            self.done.set()
-            with contextlib.suppress(OSError):
-                os.write(self.done_w, b"x")
-
-    def submit(self, fds: list[int]) -> None:
-        self.done.clear()
-        self.error = None
-        self.requests.put(fds)
-
-    def wait(self) -> None:
-        self.done.wait()
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while os.read(self.done_r, 64):
-                pass
-
-    def close(self) -> None:
-        self.requests.put(None)
-        self.thread.join(30)
-        os.close(self.done_r)
-        os.close(self.done_w)
-
-
 class WalWriter:
     """Appends records to WAL in pg_wal/, PostgreSQL 15 format, starting at start_lsn."""
 
@@ -231,8 +177,6 @@ class WalWriter:
         self._closed = False
         self._overwrite_page = -1
         self._prealloc: tuple[int, threading.Thread] | None = None   # (segno, preparing thread)
-        self._syncer: _Syncer | None = None
-        self._inflight: int | None = None      # target of the background flush running, if any
         if start_lsn % XLOG_BLCKSZ:
             self._buf += self._read_back_partial_page(start_lsn)
 
@@ -409,7 +353,6 @@ class WalWriter:
         Then reports each segment that is now complete and durable, oldest
         first, to on_segment_complete(segno, path).
         """
-        self.finish_flush(wait=True)
         self.write()
         for segno in sorted(self._dirty):
             os.fdatasync(self._fds[segno])
@@ -417,51 +360,6 @@ class WalWriter:
         self._flushed = self._written
         self._report_complete()
         return self._flushed
-
-    # -- background flush ------------------------------------------------------
-    @property
-    def flush_in_flight(self) -> bool:
-        return self._inflight is not None
-
-    @property
-    def flush_done_fd(self) -> int:
-        """Readable when a background flush has finished (select on it, then finish_flush)."""
-        if self._syncer is None:
-            self._syncer = _Syncer()
-        return self._syncer.done_r
-
-    def begin_flush(self) -> bool:
-        """write(), then fdatasync in the background; False if everything written was durable already
-        (flush_lsn is then up to date)."""
-        if self._inflight is not None:
-            return True
-        self.write()
-        if not self._dirty:
-            self._flushed = self._written
-            self._report_complete()
-            return False
-        if self._syncer is None:
-            self._syncer = _Syncer()
-        fds = [self._fds[segno] for segno in sorted(self._dirty)]
-        self._dirty.clear()
-        self._inflight = self._written
-        self._syncer.submit(fds)
-        return True
-
-    def finish_flush(self, wait: bool) -> int | None:
-        """Collect a finished background flush: flush_lsn moves to its target (returned); None if none
-        ended.  An fdatasync failure raises its OSError here."""
-        if self._inflight is None or self._syncer is None:
-            return None
-        if not wait and not self._syncer.done.is_set():
-            return None
-        self._syncer.wait()
-        target, self._inflight = self._inflight, None
-        if self._syncer.error is not None:
-            raise self._syncer.error
-        self._flushed = max(self._flushed, target)
-        self._report_complete()
-        return target
 
     def _report_complete(self) -> None:
         while (self._next_report + 1) * self.segsize <= self._flushed:
@@ -481,14 +379,8 @@ class WalWriter:
         try:
             if flush:
                 self.flush()
-            else:
-                with contextlib.suppress(OSError):
-                    self.finish_flush(wait=True)
         finally:
             self._closed = True
-            if self._syncer is not None:
-                self._syncer.close()
-                self._syncer = None
             self._drop_prealloc()
             for fd in self._fds.values():
                 os.close(fd)
