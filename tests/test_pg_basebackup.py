@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Node, pg_tool, wait_for, walswitch
+from storage.kvstore import dump as kv_dump
 from tests.invariants import check_data_equal, wait_streaming
 
 PRIMARY_FILES_PLANTED = ("postmaster.opts", "pgsql_tmp_junk", "pg_stat_tmp/stats.tmp", "log/extra.log",
@@ -116,6 +117,23 @@ def test_pg_basebackup_tar_unpacked_makes_a_standby(nodes, tmp_path):
         tf.extractall(standby.datadir, filter="data")
     with tarfile.open(out / "pg_wal.tar") as tf:
         tf.extractall(os.path.join(standby.datadir, "pg_wal"), filter="data")
+    # The tar files unpack to what a plain backup taken next holds: the same files (but the
+    # backup's own: label, tablespace map, manifest, WAL) and the same rows.
+    plain = tmp_path / "plain"
+    r = run_pg_basebackup(primary, str(plain))
+    assert r.returncode == 0, r.stderr
+    own = {"backup_label", "tablespace_map", "backup_manifest"}
+
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*")
+                if p.is_file() and p.name not in own and not str(p.relative_to(root)).startswith("pg_wal/")}
+
+    unpacked = tmp_path / "unpacked"      # a copy to read: the standby's own stays untouched
+    with tarfile.open(out / "base.tar") as tf:
+        tf.extractall(unpacked, filter="data")
+    assert files(unpacked) == files(plain)
+    rows = kv_dump(str(unpacked))[0]
+    assert len(rows) >= 200 and rows == kv_dump(str(plain))[0]
     start_standby(primary, standby)
 
 
