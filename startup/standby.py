@@ -487,7 +487,7 @@ class Standby:
             return
         self.private_copies.pop(segno, None)
         fsync_dir(self.pg_wal)
-        archive_status.mark_done(self.pg_wal, fname)
+        archive_status.force_done(self.pg_wal, fname)
 
     def try_archive(self, segno: int, meanwhile: Callable[[], None] | None = None) -> bool:
         """One archive attempt for a segment (newest candidate timeline first).

@@ -236,4 +236,4 @@ class WalWrite:
         if self.archive_always:
             archive_status.mark_ready(self.pg_wal, name)
         else:
-            archive_status.mark_done(self.pg_wal, name)
+            archive_status.force_done(self.pg_wal, name)
