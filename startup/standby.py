@@ -17,6 +17,11 @@ States (``RecoveryState``; the allowed transitions are ``TRANSITIONS`` below and
 came from; it changes with every successful fetch and is stored with the
 state.
 
+This file is the machine (``wait_for_wal``), replay and promotion.  Beside it:
+``startup/sources.py`` (pg_wal, the archive, private copies: how one segment
+is obtained), ``startup/timelines.py`` (the history followed, rescans for a
+newer timeline), ``startup/interrupts.py`` (what the signal handlers ask).
+
 The three ``standby_wal_coordination`` approaches are policies
 (``startup/policy.py``) consulted at the same points of this one machine:
 before an archive attempt (``stop_walreceiver`` stops the walreceiver
@@ -55,32 +60,31 @@ store already holds.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from shmem.segment import SharedState
 from shmem.states import RecoveryState, WalRcvState, WalSource
 from startup.policy import make_policy
+from startup.interrupts import Flags, Promote, Shutdown
 from startup.redo import Redo
+from startup.sources import SegmentSources
+from startup.timelines import StandbyTimelines
 from storage.kvstore import KVStore
 from utils import config as cfgmod
 from utils import elog, lagtrace
-from utils.inject import inject
 from utils.proc import ChildContext, set_title
 from xlog import archive_status
 from xlog import constants as C
-from xlog.archive import RestoreFatal, restore_file
+from xlog.archive import RestoreFatal
 from xlog.control import ControlFile, DBState, write_control
-from xlog.durable import fsync_dir
-from xlog.history import RESCAN_EVERY, TimelineHistoryEntry, read_history, write_history_file
+from xlog.history import TimelineHistoryEntry, write_history_file
 from xlog.lsn import (
     format_lsn, history_file_name, is_segment_name, parse_segment_name, segment_name, segment_start, segno_of
 )
-from xlog.reader import SegmentBytes, WalReader
+from xlog.reader import WalReader
 from xlog.record import CheckPoint, EndOfRecovery, timestamptz_now
 from xlog.writer import WalWriter, copy_segment_prefix
 
@@ -128,23 +132,8 @@ def publish_end_of_wal(shared: SharedState, cf: ControlFile, insert_lsn: int, la
               last_switch_mono_us=int(time.monotonic() * 1e6))
 
 
-class Promote(Exception):
-    """A promote request: finish what is available and end recovery."""
-
-
-class Shutdown(Exception):
-    """SIGTERM: stop replaying and exit."""
-
-
 @dataclass
-class Flags:
-    shutdown: bool = False
-    promote: bool = False
-    reload: bool = False
-
-
-@dataclass
-class Standby:
+class Standby(StandbyTimelines, SegmentSources):
     ctx: ChildContext
     cf: ControlFile
     flags: Flags = field(default_factory=Flags)
@@ -243,282 +232,6 @@ class Standby:
 
     def transition(self, new: RecoveryState, reason: str, source: WalSource | None = None) -> None:
         set_state(self.ctx, new, reason, source)
-
-    # ================================================================ timelines
-    def read_history_file(self, tli: int) -> list[TimelineHistoryEntry] | None:
-        if tli == 1:
-            return []
-        path = os.path.join(self.pg_wal, history_file_name(tli))
-        try:
-            with open(path, encoding="utf-8") as f:
-                return read_history(f.read())
-        except FileNotFoundError:
-            return None
-
-    def fetch_history(self, tli: int) -> list[TimelineHistoryEntry] | None:
-        """A timeline's history from pg_wal, or from the archive."""
-        h = self.read_history_file(tli)
-        if h is not None:
-            return h
-        if self.cfg["restore_command"] and self.policy.startup_restores:
-            if self.run_restore(history_file_name(tli), None):
-                return self.read_history_file(tli)
-        return None
-
-    def tli_begin(self, tli: int) -> int:
-        """Where timeline tli begins on our expected history (0 for the first)."""
-        prev_end = 0
-        for e in self.history:
-            if e.tli == tli:
-                return prev_end
-            prev_end = e.switchpoint
-        return prev_end if tli == self.target_tli else 0
-
-    def timelines(self) -> list[int]:
-        return [e.tli for e in self.history] + [self.target_tli]
-
-    def tli_for_segment(self, segno: int) -> list[int]:
-        """Candidate timelines for a segment, newest first (PostgreSQL's XLogFileReadAnyTLI order)."""
-        out = []
-        for tli in reversed(self.timelines()):
-            begin = self.tli_begin(tli)
-            if begin and segno < segno_of(begin, self.segsize):
-                continue
-            out.append(tli)
-        return out
-
-    def tli_of_lsn(self, lsn: int) -> int:
-        for e in self.history:
-            if lsn < e.switchpoint:
-                return e.tli
-        return self.target_tli
-
-    def rescan_latest_timeline(self, replay_lsn: int) -> bool:
-        """recovery_target_timeline = latest: look for a newer timeline; True if we moved to one."""
-        if self.cfg["recovery_target_timeline"] != "latest":
-            return False
-        found = False
-        probe = self.target_tli + 1
-        while True:
-            h = self.fetch_history(probe)
-            if h is None:
-                break
-            # The new timeline must fork off ours at or after what we replayed.
-            fork = next((e.switchpoint for e in h if e.tli == self.target_tli), None)
-            if fork is None or fork < replay_lsn:
-                log.info("new timeline %d is not a child of database system timeline %d", probe, self.target_tli)
-                break
-            log.info("new target timeline is %d", probe)
-            self.ctx.events.emit("timeline_switch_target", tli=probe, fork=format_lsn(fork))
-            self.target_tli, self.history = probe, h
-            found = True
-            probe += 1
-        return found
-
-    def rescan_due(self, interval: float) -> bool:
-        """Look for a newer timeline now?  When the stream ended at the end of its timeline (the
-        walreceiver WAITING now, or seen WAITING when streaming was given up: under stop_walreceiver
-        it is stopped by then), else every RESCAN_EVERY retry intervals."""
-        if self.cfg["recovery_target_timeline"] != "latest":
-            return False
-        now = time.monotonic()
-        ended = self.timeline_end_seen or WalRcvState(self.ctx.shared.walrcv.get("state")) == WalRcvState.WAITING
-        if ended or now - self.last_rescan >= RESCAN_EVERY * interval:
-            self.last_rescan = now
-            self.timeline_end_seen = False
-            return True
-        return False
-
-    def setup_timeline(self) -> None:
-        want = self.cfg["recovery_target_timeline"]
-        self.target_tli = self.cf.timeline
-        self.history = self.read_history_file(self.target_tli) or []
-        if want == "latest":
-            self.rescan_latest_timeline(self.cf.min_recovery_point or self.cf.checkpoint_lsn)
-        elif want not in ("current", ""):
-            try:
-                tli = int(want)
-            except ValueError:
-                raise RestoreFatal(f'invalid value for parameter "recovery_target_timeline": "{want}"') from None
-            h = self.fetch_history(tli)
-            if h is None:
-                raise RestoreFatal(f"recovery target timeline {tli} does not exist")
-            self.target_tli, self.history = tli, h
-        self.ctx.shared.recovery.update(timeline=self.target_tli)
-
-    # ================================================================ fetching
-    def open_segment(self, _tli: int, segno: int) -> SegmentBytes:
-        """The reader's segment source: a private restored copy, else pg_wal, newest timeline first.
-
-        Concurrent guard: a segment the walreceiver is writing is read only up
-        to what it flushed, never beyond (the bytes after may be half written).
-        """
-        private = self.private_copies.get(segno)
-        if private is not None:
-            try:
-                with open(private, "rb") as f:
-                    data = f.read(self.segsize)
-                self.reading = (self.tli_for_segment(segno)[0], segno)
-                return data
-            except FileNotFoundError:
-                self.private_copies.pop(segno, None)
-        for tli in self.tli_for_segment(segno):
-            path = os.path.join(self.pg_wal, segment_name(tli, segno, self.segsize))
-            data = self.map_segment(path)
-            if data is None:
-                continue
-            if self.reading != (tli, segno):
-                set_title(f"startup recovering {segment_name(tli, segno, self.segsize)}")
-            self.reading = (tli, segno)
-            if self.cfg["concurrent_guard"]:
-                w = self.ctx.shared.walrcv.read("state", "writing_segno", "flushed_lsn")
-                if WalRcvState(w["state"]) != WalRcvState.STOPPED and w["writing_segno"] == segno:
-                    limit = max(0, w["flushed_lsn"] - segment_start(segno, self.segsize))
-                    return data, min(limit, len(data))
-            return data
-        return None
-
-    def map_segment(self, path: str) -> mmap.mmap | bytes | None:
-        """The segment file mapped read-only; the same mapping again while the file stays the same.
-
-        While streaming, the reader asks again each time the walreceiver flushed more.  Reading
-        the whole 16 MB file each time cost ~3.5 ms per wake-up (bench.lag's 'decoded' stage);
-        a shared mapping shows the walreceiver's writes as they land, so asking again costs one
-        stat.  A file replaced by rename (a restored copy) has a new inode and is mapped anew;
-        segment files are never truncated in place, so the mapping cannot lose its pages.
-        """
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        key = (st.st_dev, st.st_ino, min(st.st_size, self.segsize))
-        cached = self.mapped
-        if cached is not None and cached[0] == path and cached[1] == key:
-            return cached[2]
-        try:
-            with open(path, "rb") as f:
-                size = min(os.fstat(f.fileno()).st_size, self.segsize)
-                data: mmap.mmap | bytes = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
-        except FileNotFoundError:
-            return None
-        self.mapped = (path, key, data)
-        return data
-
-    def drop_private_copies(self, below_segno: int) -> None:
-        for segno in [s for s in self.private_copies if s < below_segno]:
-            try:
-                os.unlink(self.private_copies.pop(segno))
-            except FileNotFoundError:
-                pass
-
-    def last_restartpoint_file(self) -> str:
-        return segment_name(self.cf.timeline, segno_of(self.cf.redo_lsn, self.segsize), self.segsize)
-
-    def run_restore(self, fname: str, expected_size: int | None,
-                    meanwhile: Callable[[], None] | None = None) -> bool:
-        """restore_command for fname, unless asked too recently; True once it is in place.
-
-        ``meanwhile`` runs while the command does (xlog.archive.restore_file), if it runs.
-        """
-        cmd = self.cfg["restore_command"]
-        if not cmd:
-            return False
-        # A file the archive did not have is asked for again no sooner than
-        # wal_retrieve_retry_interval later, whatever path leads back here.
-        interval = self.cfg["wal_retrieve_retry_interval"] / 1000.0
-        failed = self.failed_at.get(fname)
-        if failed is not None and time.monotonic() - failed < interval:
-            return False
-        again = self.restored_for.get(fname)
-        if again is not None and again[0] == self.fetch_pos and time.monotonic() - again[1] < interval:
-            return False  # restored before for this very position and it did not help
-        inject("before_restore", self.ctx, file=fname)
-        set_title(f"startup waiting for {fname}")
-
-        def on_child(pid: int | None) -> None:
-            self.restore_pid = pid
-
-        try:
-            res = restore_file(self.datadir, cmd, fname, expected_size, self.last_restartpoint_file(),
-                               timeout=self.cfg["restore_command_timeout"],
-                               should_stop=lambda: self.flags.shutdown or not self.ctx.postmaster_alive(),
-                               on_child=on_child, install=False, meanwhile=meanwhile)
-        except InterruptedError:
-            raise Shutdown() from None
-        self.ctx.events.emit("restore", file=fname, ok=res.ok, exit=res.exit_code, seconds=round(res.seconds, 4),
-                             bytes=res.size, reason=res.reason, by="startup")
-        if not res.ok:
-            self.failed_at[fname] = min(time.monotonic() - res.seconds, self.last_round)  # from its round's start
-            return False
-        self.failed_at.pop(fname, None)
-        self.restored_for[fname] = (self.fetch_pos, time.monotonic())
-        inject("before_install", self.ctx, file=fname)
-        self.install_restored(fname, res.path)
-        inject("after_restore", self.ctx, file=fname)
-        return True
-
-    def install_restored(self, fname: str, tmp: str) -> None:
-        """Put a restored file in pg_wal, unless the concurrent guard says the walreceiver's copy wins.
-
-        Guard on, decided under the walreceiver's lock: the first complete copy
-        wins.  A segment the walreceiver is writing (``writing_segno``) or a
-        complete one already in pg_wal (it has its archive status) is never
-        replaced; the archive copy is read privately for this pass.  A partial
-        file nobody writes any more (a walreceiver died in it) is replaced, as
-        PostgreSQL's KeepFileRestoredFromArchive does, so no torn segment stays
-        behind once replay moved past it.  Guard off: always replace, even under
-        a live writer: the naive way, for demonstration.
-        """
-        final = os.path.join(self.pg_wal, fname)
-        guard = self.cfg["concurrent_guard"]
-        segno = parse_segment_name(fname, self.segsize)[1] if is_segment_name(fname) else None
-        wr = self.ctx.shared.walrcv
-        with wr.locked():
-            busy = False
-            if guard and segno is not None and os.path.exists(final):
-                writing = WalRcvState(wr.get("state")) != WalRcvState.STOPPED and wr.get("writing_segno") == segno
-                complete = archive_status.is_done(self.pg_wal, fname) or archive_status.is_ready(self.pg_wal, fname)
-                busy = writing or complete
-            if not busy:
-                os.replace(tmp, final)
-        if busy:
-            self.private_copies[segno] = tmp
-            self.ctx.events.emit("restore_kept_private", file=fname, reason="the walreceiver is writing it")
-            return
-        self.private_copies.pop(segno, None)
-        fsync_dir(self.pg_wal)
-        archive_status.force_done(self.pg_wal, fname)
-
-    def try_archive(self, segno: int, meanwhile: Callable[[], None] | None = None) -> bool:
-        """One archive attempt for a segment (newest candidate timeline first).
-
-        ``meanwhile`` runs beside the first restore_command that runs, if any does.
-        """
-        if not self.policy.startup_restores or not self.cfg["restore_command"]:
-            return False
-        if meanwhile is not None and self.walrcv_running():
-            meanwhile()     # before_restore may wait for the walreceiver to stop: not with it owed
-        self.policy.before_restore()
-        for tli in self.tli_for_segment(segno):
-            fname = segment_name(tli, segno, self.segsize)
-            if self.run_restore(fname, self.segsize, meanwhile=meanwhile):
-                self.ctx.shared.recovery.update(last_restored_segment=fname)
-                self.ctx.events.emit("segment_fetched", source="archive", file=fname, bytes=self.segsize)
-                return True
-        return False
-
-    def pg_wal_complete(self, segno: int) -> bool:
-        """A segment file in pg_wal known to be complete (it has its archive status)."""
-        for t in self.tli_for_segment(segno):
-            name = segment_name(t, segno, self.segsize)
-            if os.path.exists(os.path.join(self.pg_wal, name)) and (
-                    archive_status.is_done(self.pg_wal, name) or archive_status.is_ready(self.pg_wal, name)):
-                return True
-        return False
-
-    def pg_wal_has(self, segno: int) -> bool:
-        return any(os.path.exists(os.path.join(self.pg_wal, segment_name(t, segno, self.segsize)))
-                   for t in self.tli_for_segment(segno))
 
     # ---------------------------------------------------------------- walreceiver control
     def walrcv(self) -> dict:

@@ -21,7 +21,6 @@ import contextlib
 import os
 import time
 
-from shmem.segment import SharedState
 from shmem.states import RecoveryState
 from startup.redo import Redo
 from startup.standby import publish_end_of_wal, run_standby, set_state
