@@ -202,39 +202,34 @@ class Backend(GroupCommit, Engine):
         yield Until(job.done.is_set, float("inf"))
         return job.value()
 
+    def signal_postmaster(self, sig: int, **pm_flags: int) -> None:
+        """Raise PMSignal flags (under the pm region's lock), then send ``sig`` to the postmaster."""
+        if pm_flags:
+            with self.shared.pm.locked() as pm:
+                pm.set(**pm_flags)
+        pid = self.shared.postmaster_pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
     def bump_checkpoint_request(self) -> None:
         pm = self.shared.pm
         with pm.locked():
             pm.set(checkpoint_requested=pm.get("checkpoint_requested") + 1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.shared.postmaster_pid:
-                os.kill(self.shared.postmaster_pid, signal.SIGUSR1)
+        self.signal_postmaster(signal.SIGUSR1)
 
     def request_reload(self) -> None:
         """pg_reload_conf(): SIGHUP to the postmaster, which forwards it to every child."""
-        pid = self.shared.postmaster_pid
-        if pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGHUP)
+        self.signal_postmaster(signal.SIGHUP)
 
     def request_logrotate(self) -> None:
         """pg_rotate_logfile(): PostgreSQL's PMSIGNAL_ROTATE_LOGFILE; the postmaster owns the log file."""
-        with self.shared.pm.locked() as pm:
-            pm.set(rotate_logfile=1)
-        pid = self.shared.postmaster_pid
-        if pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGUSR1)
+        self.signal_postmaster(signal.SIGUSR1, rotate_logfile=1)
 
     def request_promote(self) -> None:
         with self.shared.recovery.locked() as r:
             r.set(promote_requested=1)
-        with self.shared.pm.locked() as pm:
-            pm.set(promote_requested=1)
-        pid = self.shared.postmaster_pid
-        if pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGUSR1)
+        self.signal_postmaster(signal.SIGUSR1, promote_requested=1)
 
     # ------------------------------------------------------------ transactions in flight
     def open_transaction_lsns(self) -> list[int]:
