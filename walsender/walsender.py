@@ -496,7 +496,7 @@ class WalSender(WalRead):
         self.send_tli_next = 0
         if cmd.timeline and cmd.timeline != flush_tli:
             history = read_history(self.pg_wal, flush_tli)
-            switchpoint, next_tli = tli_switch_point(cmd.timeline, history)
+            switchpoint, next_tli = tli_switch_point(cmd.timeline, history, flush_tli)
             if switchpoint == 0:
                 # The requested timeline is newer than ours (or is ours without a history).
                 raise P.SQLError("XX000", f"requested timeline {cmd.timeline} is not in this server's history")
@@ -736,7 +736,7 @@ class WalSender(WalRead):
                 # promoted): finish it at the switchpoint from the new history.
                 history = read_history(self.pg_wal, tli)
                 try:
-                    end, nxt = tli_switch_point(self.send_tli, history)
+                    end, nxt = tli_switch_point(self.send_tli, history, tli)
                 except P.SQLError:
                     end, nxt = 0, 0
                 if end:
