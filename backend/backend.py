@@ -524,7 +524,7 @@ class Backend(GroupCommit, Engine):
         self.next_full_xid = max(cf.next_xid, FIRST_NORMAL_XID)
         self.writer = WalWriter(self.pg_wal, int(x["timeline"]), self._segsize, int(x["system_identifier"]),
                                 int(x["insert_lsn"]), int(x["last_record_lsn"]),
-                                on_segment_complete=self.on_segment_complete)
+                                on_segment_complete=self.on_segment_complete, prealloc=True)
         st = self.ckpt_stats
         st.prior_redo = cf.redo_lsn
         st.last_end_lsn = self.writer.insert_lsn

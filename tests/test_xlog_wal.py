@@ -209,7 +209,7 @@ def test_next_segment_is_prepared_ahead() -> None:
     in a thread; the writer puts it in place when it gets there.  pg_wal never shows a segment
     beyond the end of WAL, and nothing is left behind."""
     with tempfile.TemporaryDirectory() as d:
-        w = new_writer(d)
+        w = WalWriter(d, 1, SEG, SYSID, START, 0, prealloc=True)
         w.insert(C.RM_KV_ID, C.KV_PUT, 1, KvPut("a", "1").pack())
         w.flush()
         w._prealloc[1].join()

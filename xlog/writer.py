@@ -14,9 +14,10 @@ reader's DecodedRecord.next_lsn / WalReader.end_of_valid_wal.
 
 Not thread-safe: one process, one thread inserts (walswitch has one WAL
 inserter). The buffer lives in this object only; nothing is shared.  The one
-helper thread is the preallocator: when the writer enters a segment it prepares
-the next one (a zero-filled, fsynced temp file), as PostgreSQL's checkpointer
-preallocates a segment ahead (PreallocXlogFiles), so the inserter does not stop
+helper thread is the preallocator (``prealloc=True``: the backend's writer, not
+the short-lived ones of init and the end of recovery): when the writer enters a
+segment it prepares the next one (a zero-filled, fsynced temp file), as
+PostgreSQL's checkpointer preallocates a segment ahead (PreallocXlogFiles), so the inserter does not stop
 for 16 MB of zeros and an fsync at each segment boundary (10 to 30 ms here,
 once per 16 MB of WAL, paid by every commit behind it).  Unlike PostgreSQL's,
 the prepared file stays under its temp name until the writer reaches it and
@@ -153,7 +154,7 @@ class WalWriter:
     """Appends records to WAL in pg_wal/, PostgreSQL 15 format, starting at start_lsn."""
 
     def __init__(self, pg_wal: str, tli: int, segsize: int, sysid: int, start_lsn: int, prev_lsn: int,
-                 on_segment_complete: SegmentCallback | None = None) -> None:
+                 on_segment_complete: SegmentCallback | None = None, prealloc: bool = False) -> None:
         if not valid_segsize(segsize):
             raise ValueError(f"invalid WAL segment size {segsize}")
         if start_lsn % 8:
@@ -176,6 +177,7 @@ class WalWriter:
         self._next_report = segno_of(start_lsn, segsize)
         self._closed = False
         self._overwrite_page = -1
+        self._prealloc_on = prealloc      # a short-lived writer would prepare a file only to drop it
         self._prealloc: tuple[int, threading.Thread] | None = None   # (segno, preparing thread)
         if start_lsn % XLOG_BLCKSZ:
             self._buf += self._read_back_partial_page(start_lsn)
@@ -409,7 +411,7 @@ class WalWriter:
         return os.path.join(self.pg_wal, f"xlogtemp.{os.getpid()}.next")
 
     def _start_prealloc(self, segno: int) -> None:
-        if self._prealloc is not None or os.path.exists(self._path(segno)):
+        if not self._prealloc_on or self._prealloc is not None or os.path.exists(self._path(segno)):
             return
         tmp = self._prealloc_path()
 
