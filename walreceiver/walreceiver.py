@@ -5,7 +5,8 @@ Forked by the postmaster when the startup process asks for it, run as
 ``main(ctx)``.  It owns: the replication connection (walreceiver/
 libpqwalreceiver.py: real libpq through psycopg's ``pq`` layer, the
 replication messages from libpq/protocol.py; the commands before and after a
-stream in walreceiver/conversation.py), the segment files it is
+stream in walreceiver/conversation.py; the receive loop in
+walreceiver/streaming.py), the segment files it is
 writing in ``DIR/pg_wal`` (open descriptors, at most the current and a
 just-completed one), the ``archive_status`` mark of each segment or history
 file it completes or restores, the restore_command runs of
@@ -122,7 +123,6 @@ from __future__ import annotations
 
 import math
 import os
-import select
 import signal
 import time
 
@@ -134,11 +134,10 @@ from utils.inject import InjectedError, inject
 from utils.proc import ChildContext, set_title
 from walreceiver.errors import Fatal, Panic, PostmasterDied, RestartRequested, RestoreFailed, StopRequested
 from walreceiver.conversation import PrimaryCommands
-from walreceiver.libpqwalreceiver import (
-    ConnectionLost, ProtocolViolation, ServerError, TimeoutExpired, WalRcvConn, WalRcvError
-)
+from walreceiver.libpqwalreceiver import ConnectionLost, TimeoutExpired, WalRcvConn, WalRcvError
 from walreceiver.restorer import ArchiveRestorer, RestoreJob
-from walreceiver.walwrite import PG_EPOCH_OFFSET_US, WalWrite
+from walreceiver.streaming import ReceiveLoop, now_us
+from walreceiver.walwrite import WalWrite
 from xlog.control import ControlFileError, read_control
 from xlog.history import HistoryError, read_history
 from xlog.lsn import format_lsn, history_file_name, segment_start, segno_of
@@ -155,8 +154,6 @@ TRANSITIONS: dict[WalRcvState, set[WalRcvState]] = {
     S.STOPPING: {S.STOPPED},
 }
 
-MAX_BATCH_BYTES = 4 << 20                         # flush at least this often while catching up
-TITLE_INTERVAL = 0.25                             # seconds between process-title updates
 # concurrent and walreceiver_restores reconnect on their own schedule: after a lost stream the
 # first attempt comes RECONNECT_FIRST seconds later, each failure doubles the wait up to
 # RECONNECT_MAX (never above wal_retrieve_retry_interval), so a primary that returns is streamed
@@ -164,15 +161,6 @@ TITLE_INTERVAL = 0.25                             # seconds between process-titl
 # interval's 5 s), at the cost of a refused TCP connect twice a second while it is away.
 RECONNECT_FIRST = 0.05
 RECONNECT_MAX = 0.5
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def pg_now() -> int:
-    """GetCurrentTimestamp(): microseconds since 2000-01-01 UTC."""
-    return now_us() - PG_EPOCH_OFFSET_US
 
 
 def _state_name(s: WalRcvState) -> str:
@@ -216,7 +204,7 @@ def set_walrcv_state(ctx: ChildContext, new: WalRcvState, reason: str, *,
     return old
 
 
-class WalReceiver(WalWrite, ArchiveRestorer, PrimaryCommands):
+class WalReceiver(WalWrite, ArchiveRestorer, PrimaryCommands, ReceiveLoop):
     def __init__(self, ctx: ChildContext):
         self.ctx = ctx
         self.shared = ctx.shared
@@ -593,6 +581,7 @@ class WalReceiver(WalWrite, ArchiveRestorer, PrimaryCommands):
             streaming, _ = self.start_streaming(self.first)
             self.first = False
             if streaming:
+                self.backoff = RECONNECT_FIRST       # a stream again: the next loss starts the backoff anew
                 self.stream()
                 log.info("replication terminated by primary server\nDETAIL:  End of WAL reached on timeline %d at %s.",
                          self.tli, format_lsn(self.write_ptr))
@@ -797,125 +786,6 @@ class WalReceiver(WalWrite, ArchiveRestorer, PrimaryCommands):
             ws.close()
         set_title(f"walreceiver restarting at {format_lsn(self.start)}")
 
-    # ------------------------------------------------------------ streaming
-    def stream(self) -> None:
-        """The receive loop, until the primary ends the copy (returns) or something fails (raises)."""
-        conn = self.conn
-        assert conn is not None
-        ws = WaitSet(self.latch, [conn.fd, self.ctx.death_fd, self.sig_r])
-        self.backoff = RECONNECT_FIRST       # a stream again: the next loss starts the backoff anew
-        try:
-            last_recv = time.monotonic()
-            ping_sent = False
-            self.send_reply(force=True, request_reply=False)
-            while True:
-                self.check_interrupts()
-                self.refresh_inject()
-                try:
-                    nmsg, ended, more = conn.receive(self.on_xlogdata, self.on_keepalive, MAX_BATCH_BYTES)
-                except ConnectionLost as e:
-                    raise Fatal(f"could not receive data from WAL stream: {e}", reason="connection lost",
-                                stream_failure=True) from None
-                except ServerError as e:
-                    raise Fatal(f"could not receive data from WAL stream: {e}", reason="primary error",
-                                stream_failure=True) from None
-                except ProtocolViolation as e:
-                    raise Fatal(str(e), reason="protocol violation", stream_failure=True) from None
-                now = time.monotonic()
-                if nmsg:
-                    last_recv = now
-                    ping_sent = False
-                    self.last_recv_us = now_us()
-                    self.times_dirty = True
-                self.flush()
-                if ended:
-                    return
-                if self.wr.get("force_reply"):
-                    # WalRcvForceReply: the startup replayed all it had; tell the primary now.
-                    with self.wr.locked():
-                        self.wr.set(force_reply=0)
-                    self.send_reply(force=True, request_reply=False)
-                if more:
-                    continue
-                request = False
-                if self.rcv_timeout > 0:
-                    if now >= last_recv + self.rcv_timeout:
-                        raise Fatal("terminating walreceiver due to timeout", reason="timeout", stream_failure=True)
-                    if not ping_sent and now >= last_recv + self.rcv_timeout / 2:
-                        request = ping_sent = True
-                self.send_reply(force=request, request_reply=request)
-                self.sleep(ws, self.next_wakeup(last_recv, ping_sent) - time.monotonic())
-        finally:
-            ws.close()
-
-    def next_wakeup(self, last_recv: float, ping_sent: bool) -> float:
-        wake = time.monotonic() + 3600.0
-        if self.rcv_timeout > 0:
-            wake = min(wake, last_recv + (self.rcv_timeout if ping_sent else self.rcv_timeout / 2))
-        if self.status_interval > 0:
-            wake = min(wake, self.last_reply + self.status_interval)
-        return wake
-
-    def sleep(self, ws, timeout: float) -> None:
-        """Until input, our latch, a signal, death or timeout; or until the socket takes pending output."""
-        if self.trace.on:
-            self.trace.idle()
-        timeout = max(0.0, timeout)
-        assert self.conn is not None
-        if self.conn.out:
-            try:
-                self.conn.flush_out()
-            except ConnectionLost as e:
-                raise Fatal(f"could not send data to WAL stream: {e}", reason="connection lost",
-                            stream_failure=True) from None
-        if self.conn.out:
-            try:
-                select.select([self.conn.fd, self.ctx.death_fd, self.sig_r], [self.conn.fd], [], timeout)
-            except (OSError, ValueError):
-                pass
-            return
-        ws.wait(timeout)
-
-    def on_keepalive(self, wal_end: int, send_time: int, reply_requested: bool) -> None:
-        self.note_sender(wal_end, send_time)
-        if reply_requested:
-            self.send_reply(force=True, request_reply=False)
-
-    def note_sender(self, wal_end: int, send_time: int) -> None:
-        """ProcessWalSndrMessage (published with the next flush)."""
-        self.last_send_time = send_time
-        if wal_end > self.latest_end:
-            self.latest_end = wal_end
-            self.latest_end_time = send_time
-        self.times_dirty = True
-
-    def send_reply(self, force: bool, request_reply: bool) -> None:
-        """XLogWalRcvSendReply: write, flush, apply positions; skipped when nothing changed and not due."""
-        if self.conn is None or self.conn.copy != "both":
-            return
-        if not force and self.status_interval <= 0:
-            return
-        now = time.monotonic()
-        if (not force and self.write_ptr == self.last_reply_write and self.flush_ptr == self.last_reply_flush
-                and now < self.last_reply + self.status_interval):
-            return
-        self.last_reply = now
-        self.last_reply_write = self.write_ptr
-        self.last_reply_flush = self.flush_ptr
-        apply = self.shared.recovery.get("replay_lsn")
-        if self.trace.on:
-            self.trace.note("reply_sent", apply)
-        try:
-            self.conn.send_status(self.write_ptr, self.flush_ptr, apply, pg_now(), request_reply)
-        except ConnectionLost as e:
-            raise Fatal(f"could not send data to WAL stream: {e}", reason="connection lost",
-                        stream_failure=True) from None
-
-    def update_title(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.title_at >= TITLE_INTERVAL:
-            self.title_at = now
-            set_title(f"walreceiver streaming {format_lsn(self.write_ptr)}")
 
 def main(ctx: ChildContext) -> int:
     """Entry point; the postmaster has already called ``child_start(ctx, "walreceiver")``."""
